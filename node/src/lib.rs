@@ -1,0 +1,1 @@
+//! fulcrum-node: the director daemon's library.
