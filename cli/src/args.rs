@@ -112,6 +112,9 @@ pub enum ClusterCmd {
         /// director or witness.
         #[arg(long, default_value = "director")]
         role: String,
+        /// The id is already a member whose node lost its data or moved: remove it, then re-add it.
+        #[arg(long)]
+        replace: bool,
     },
     /// Remove a node (also how a dead member is replaced: leave, then join the new one).
     Leave { id: u64 },

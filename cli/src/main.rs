@@ -198,9 +198,19 @@ async fn cluster(conn: &Conn, out: &Out, cmd: ClusterCmd) -> Result<()> {
                 .into_inner();
             out.members(&m);
         }
-        ClusterCmd::Join { id, addr, role } => {
+        ClusterCmd::Join {
+            id,
+            addr,
+            role,
+            replace,
+        } => {
             let r = c
-                .join(pb::JoinRequest { id, addr, role })
+                .join(pb::JoinRequest {
+                    id,
+                    addr,
+                    role,
+                    replace,
+                })
                 .await
                 .context("join")?
                 .into_inner();

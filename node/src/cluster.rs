@@ -64,9 +64,17 @@ impl ClusterError {
 pub enum Forwarded {
     Write(Command),
     ReadIndex,
-    Join { id: NodeId, node: NodeInfo },
-    Leave { id: NodeId },
-    Transfer { to: Option<NodeId> },
+    Join {
+        id: NodeId,
+        node: NodeInfo,
+        replace: bool,
+    },
+    Leave {
+        id: NodeId,
+    },
+    Transfer {
+        to: Option<NodeId>,
+    },
 }
 
 /// What the leader answered.
@@ -181,14 +189,22 @@ impl Cluster {
         Ok(())
     }
 
-    pub async fn join(&self, id: NodeId, node: NodeInfo) -> Result<u64, ClusterError> {
+    pub async fn join(
+        &self,
+        id: NodeId,
+        node: NodeInfo,
+        replace: bool,
+    ) -> Result<u64, ClusterError> {
         if id == 0 {
             return Err(ClusterError::rejected(
                 ErrorKind::Invalid,
                 "node id 0 is reserved",
             ));
         }
-        match self.on_leader(Forwarded::Join { id, node }).await? {
+        match self
+            .on_leader(Forwarded::Join { id, node, replace })
+            .await?
+        {
             ForwardedOk::Membership { index } => Ok(index),
             other => Err(ClusterError::Internal(format!(
                 "unexpected reply {other:?}"
@@ -307,7 +323,7 @@ impl Cluster {
                     index: read.log_id().index,
                 })
             }
-            Forwarded::Join { id, node } => self.join_on_leader(id, node).await,
+            Forwarded::Join { id, node, replace } => self.join_on_leader(id, node, replace).await,
             Forwarded::Leave { id } => self.leave_on_leader(id).await,
             Forwarded::Transfer { to } => self.transfer_on_leader(to).await,
         }
@@ -321,24 +337,24 @@ impl Cluster {
         Ok(m)
     }
 
-    async fn join_on_leader(&self, id: NodeId, node: NodeInfo) -> ForwardedReply {
+    async fn join_on_leader(&self, id: NodeId, node: NodeInfo, replace: bool) -> ForwardedReply {
         let m = self.ensure_leader()?;
-        let membership = m.membership_config.membership().clone();
+        let mut membership = m.membership_config.membership().clone();
         if let Some(existing) = membership.get_node(&id) {
-            if existing != &node {
+            if !replace {
                 return Err(ClusterError::rejected(
                     ErrorKind::AlreadyExists,
                     format!(
-                        "node {id} is already a member as {existing}; remove it first (`fulcrum cluster leave {id}`) to replace it"
+                        "node {id} is already a member ({existing}); to re-add a node that lost its data or moved, join with --replace"
                     ),
                 ));
             }
-            if membership.voter_ids().any(|v| v == id) {
-                // Idempotent: a restarted joiner asks again.
-                return Ok(ForwardedOk::Membership {
-                    index: m.last_applied.map(|l| l.index).unwrap_or(0),
-                });
-            }
+            // A node that lost its log must not be treated as still holding what it had
+            // acknowledged: take it out of the membership (which drops its replication
+            // progress), then add it back as a new learner that catches up from scratch.
+            tracing::info!(id, %existing, "re-adding a member that lost its state: removing it first");
+            self.leave_on_leader(id).await?;
+            membership = self.ensure_leader()?.membership_config.membership().clone();
         }
         if let Some((other, _)) = membership
             .nodes()

@@ -184,6 +184,9 @@ impl Node {
             id: cfg.id,
             addr: cfg.advertise.clone(),
             role: cfg.role.to_string(),
+            // We only get here with an empty data dir: if our id is still a member, that
+            // member's state is gone and it must be re-added from scratch.
+            replace: true,
         };
         let mut last = String::new();
         for _ in 0..100 {

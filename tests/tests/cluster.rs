@@ -214,7 +214,12 @@ async fn wiped_node_catches_up_from_a_snapshot_and_dead_member_is_replaced() {
     let o = c
         .node(leader)
         .cli(&["cluster", "leave", &victim.to_string()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        stderr(&o),
+        c.node(leader).log()
+    );
     let port = fulcrum_tests::free_port();
     let dir4 = c.dir.path().join("node4");
     let mut n4 = std::process::Command::new(fulcrum_tests::fulcrumd_bin())
@@ -341,7 +346,7 @@ async fn invalid_input_is_rejected_and_changes_nothing() {
                 "[2001:db8::5]:80",
                 "-g",
             ],
-            "family",
+            "needs forward = tun",
         ),
         (
             &["real", "add", "tcp/192.0.2.77:80", "-r", "198.51.100.1:80"],
@@ -365,6 +370,14 @@ async fn invalid_input_is_rejected_and_changes_nothing() {
             "interface",
         ),
     ];
+    let existing = c.node(leader).addr.clone();
+    let join_args = ["cluster", "join", "--id", "2", "--addr", existing.as_str()];
+    let o = c.node(leader).cli(&join_args);
+    assert!(
+        !o.status.success(),
+        "joining an existing id without --replace must fail"
+    );
+    assert!(stderr(&o).contains("already"), "{}", stderr(&o));
     let c_ref = &mut c;
     for (args, needle) in cases {
         let o = c_ref.node(leader).cli(args);

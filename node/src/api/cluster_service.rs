@@ -160,6 +160,7 @@ impl ClusterRpc for ClusterApi {
                     addr: req.addr,
                     role,
                 },
+                req.replace,
             )
             .await
             .map_err(status)?;

@@ -17,9 +17,9 @@ use super::vip_group::VipGroup;
 /// Everything the cluster replicates about traffic: services and VIP groups.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
-    #[serde(with = "super::keyed")]
+    #[serde(default, with = "super::keyed")]
     pub services: BTreeMap<ServiceKey, Service>,
-    #[serde(with = "super::keyed")]
+    #[serde(default, with = "super::keyed")]
     pub vip_groups: BTreeMap<String, VipGroup>,
 }
 
@@ -123,6 +123,10 @@ impl ClusterConfig {
             return Ok(());
         }
         for r in &ranges {
+            if r.start > r.end {
+                // Not a valid key (validate() says so); BTreeMap::range would panic on it.
+                continue;
+            }
             let lo = ServiceKey::Addr {
                 protocol,
                 vip,

@@ -38,9 +38,9 @@ use toml::Spanned;
 use super::addr::parse_ip;
 use super::config::{ClusterConfig, ConfigBuilder};
 use super::error::ModelError;
-use super::real::{DEFAULT_WEIGHT, RealServer};
+use super::real::{DEFAULT_WEIGHT, RealFields, RealServer};
 use super::scheduler::Scheduler;
-use super::service::{RealFields, Service, ServiceFields};
+use super::service::{Service, ServiceFields};
 use super::vip_group::VipGroup;
 
 #[derive(Deserialize)]

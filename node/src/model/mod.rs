@@ -23,7 +23,6 @@ pub use error::ModelError;
 pub use file::{parse_cluster_toml, to_cluster_toml};
 pub use forward::Forward;
 pub use key::{PortRange, ServiceKey};
-pub use keyed::Keyed;
 pub use node::{NodeInfo, Role};
 pub use protocol::{Family, Protocol};
 pub use real::{DEFAULT_WEIGHT, MAX_WEIGHT, RealServer};

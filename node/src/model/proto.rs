@@ -13,8 +13,8 @@ use super::addr::parse_ip;
 use super::config::{ClusterConfig, ConfigBuilder};
 use super::error::ModelError;
 use super::node::Role;
-use super::real::RealServer;
-use super::service::{RealFields, Service, ServiceFields};
+use super::real::{RealFields, RealServer};
+use super::service::{Service, ServiceFields};
 use super::vip_group::VipGroup;
 
 impl From<&RealServer> for pb::RealServer {

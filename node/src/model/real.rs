@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::addr::parse_socket_addr;
 use super::error::{ModelError, invalid};
 use super::forward::Forward;
 use super::key::ServiceKey;
@@ -33,8 +34,11 @@ pub struct RealServer {
     /// 0..=65535.
     pub weight: u32,
     pub forward: Forward,
-    /// Connection thresholds as ipvsadm -x / -y; 0 = no limit.
+    /// Connection thresholds as ipvsadm -x / -y; 0 = no limit. Default to 0 when absent, so
+    /// that data written before they existed still loads.
+    #[serde(default)]
     pub upper_threshold: u32,
+    #[serde(default)]
     pub lower_threshold: u32,
 }
 
@@ -121,5 +125,31 @@ impl RealServer {
             ),
             _ => Ok(()),
         }
+    }
+}
+
+/// The fields of a real server as TOML and protobuf carry them.
+pub(crate) struct RealFields<'a> {
+    pub address: &'a str,
+    pub weight: u32,
+    pub forward: &'a str,
+    pub upper_threshold: u32,
+    pub lower_threshold: u32,
+}
+
+impl RealServer {
+    /// Builds a real server from the wire formats' fields and checks what it can alone.
+    pub(crate) fn from_fields(f: RealFields<'_>) -> Result<RealServer, ModelError> {
+        let addr = parse_socket_addr(f.address).map_err(|e| e.at("address"))?;
+        let forward: Forward = f.forward.parse().map_err(|e: ModelError| e.at("forward"))?;
+        let real = RealServer {
+            addr,
+            weight: f.weight,
+            forward,
+            upper_threshold: f.upper_threshold,
+            lower_threshold: f.lower_threshold,
+        };
+        real.validate()?;
+        Ok(real)
     }
 }

@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::addr::parse_socket_addr;
 use super::error::{ModelError, invalid};
-use super::forward::Forward;
 use super::key::ServiceKey;
 use super::keyed::Keyed;
 use super::protocol::Protocol;
@@ -29,14 +27,20 @@ pub struct Persistence {
 pub struct Service {
     pub key: ServiceKey,
     pub scheduler: Scheduler,
+    // Optional fields default when absent, so that log entries and snapshots written before a
+    // field existed still load.
+    #[serde(default)]
     pub flags: SchedFlags,
+    #[serde(default)]
     pub persistence: Option<Persistence>,
     /// IPVS one-packet scheduling: every UDP datagram is scheduled on its own.
+    #[serde(default)]
     pub one_packet: bool,
     /// The VIP group that carries this service's VIP.
+    #[serde(default)]
     pub vip_group: Option<String>,
     /// Keyed by `RealServer::addr`; serialized as a list so the key cannot disagree.
-    #[serde(with = "super::keyed")]
+    #[serde(default, with = "super::keyed")]
     pub reals: BTreeMap<SocketAddr, RealServer>,
 }
 
@@ -181,32 +185,6 @@ pub(crate) struct ServiceFields<'a> {
     pub persistence_prefix: Option<u32>,
     pub one_packet: bool,
     pub vip_group: &'a str,
-}
-
-/// The fields of a real server as TOML and protobuf carry them.
-pub(crate) struct RealFields<'a> {
-    pub address: &'a str,
-    pub weight: u32,
-    pub forward: &'a str,
-    pub upper_threshold: u32,
-    pub lower_threshold: u32,
-}
-
-impl RealServer {
-    /// Builds a real server from the wire formats' fields and checks what it can alone.
-    pub(crate) fn from_fields(f: RealFields<'_>) -> Result<RealServer, ModelError> {
-        let addr = parse_socket_addr(f.address).map_err(|e| e.at("address"))?;
-        let forward: Forward = f.forward.parse().map_err(|e: ModelError| e.at("forward"))?;
-        let real = RealServer {
-            addr,
-            weight: f.weight,
-            forward,
-            upper_threshold: f.upper_threshold,
-            lower_threshold: f.lower_threshold,
-        };
-        real.validate()?;
-        Ok(real)
-    }
 }
 
 fn check_prefix(prefix: u32, key: &ServiceKey) -> Result<(), ModelError> {

@@ -439,6 +439,16 @@ fn serde_round_trip_and_duplicates() {
     let dup = r#"{"services":[],"vip_groups":[
         {"name":"a","vips":["192.0.2.1"],"interface":"eth0","preferred_owner":null,"preempt":false},
         {"name":"a","vips":["192.0.2.2"],"interface":"eth0","preferred_owner":null,"preempt":false}]}"#;
+    // Optional fields may be missing (data written by an older version).
+    let minimal: Service =
+        serde_json::from_str(r#"{"key":"tcp/192.0.2.1:80","scheduler":"rr"}"#).unwrap();
+    assert_eq!(
+        minimal,
+        Service {
+            scheduler: Scheduler::Rr,
+            ..service("tcp/192.0.2.1:80", &[])
+        }
+    );
     let err = serde_json::from_str::<ClusterConfig>(dup)
         .unwrap_err()
         .to_string();

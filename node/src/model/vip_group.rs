@@ -22,8 +22,10 @@ pub struct VipGroup {
     /// The interface the VIPs are added to, on every director.
     pub interface: String,
     /// Node id (>= 1) that should own the group when it is up.
+    #[serde(default)]
     pub preferred_owner: Option<u64>,
     /// Move back to the preferred owner when it returns (keepalived "preempt").
+    #[serde(default)]
     pub preempt: bool,
 }
 

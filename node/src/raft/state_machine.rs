@@ -122,7 +122,7 @@ impl StateMachine {
         })?;
         let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
         shared.state = state;
-        shared.last_applied = meta.last_log_id.clone();
+        shared.last_applied = meta.last_log_id;
         shared.membership = meta.last_membership.clone();
         Ok(())
     }
@@ -144,7 +144,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let shared = self.shared.read().unwrap_or_else(|e| e.into_inner());
             let data = serde_json::to_vec(&shared.state).map_err(io::Error::other)?;
             let meta = SnapshotMeta {
-                last_log_id: shared.last_applied.clone(),
+                last_log_id: shared.last_applied,
                 last_membership: shared.membership.clone(),
             };
             (meta, data)
@@ -164,7 +164,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let shared = self.shared.read().unwrap_or_else(|e| e.into_inner());
-        Ok((shared.last_applied.clone(), shared.membership.clone()))
+        Ok((shared.last_applied, shared.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -175,11 +175,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let log_id = entry.log_id();
             let response = {
                 let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
-                shared.last_applied = Some(log_id.clone());
+                shared.last_applied = Some(log_id);
                 match entry.payload {
                     openraft::EntryPayload::Blank => CommandResponse::Nothing,
                     openraft::EntryPayload::Membership(m) => {
-                        shared.membership = StoredMembership::new(Some(log_id.clone()), m);
+                        shared.membership = StoredMembership::new(Some(log_id), m);
                         CommandResponse::Nothing
                     }
                     openraft::EntryPayload::Normal(cmd) => {
