@@ -116,7 +116,9 @@ impl Node {
             let config_svc = ConfigServer::new(ConfigApi::new(cluster.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Small Raft messages must not sit in Nagle's buffer waiting for a delayed ACK (40 ms).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tokio::spawn(async move {
                 tonic::transport::Server::builder()
                     .tcp_nodelay(true)

@@ -27,13 +27,13 @@ use tonic::transport::Channel;
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        // The test binary lives in target/<profile>/deps; the daemon and CLI one level up.
+        // A test binary lives in target/<profile>/deps, a bench binary in target/<profile>;
+        // the daemon and the CLI are in target/<profile>.
         let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target dir")
-            .to_path_buf();
+        let mut dir = exe.parent().expect("target dir").to_path_buf();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.pop();
+        }
         // Build (or confirm up to date) the two binaries with the same profile as this test.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let release = dir.file_name().is_some_and(|n| n == "release");
