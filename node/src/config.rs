@@ -376,3 +376,20 @@ mod tests {
         assert!(e.contains("advertise"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The documented example parses and states exactly the defaults.
+    #[test]
+    fn shipped_example_is_valid_and_matches_the_defaults() {
+        let text = include_str!("../fulcrumd.toml");
+        let c = FileConfig::parse(text).unwrap().validate().unwrap();
+        assert_eq!(c.raft, RaftTimers::default());
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.role, Role::Director);
+        assert_eq!(c.log, "info");
+        assert_eq!(c.cluster_name, "fulcrum");
+    }
+}

@@ -554,3 +554,153 @@ async fn witness_keeps_a_director_pair_writable() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The API answers with gRPC codes a client can act on, and `Watch` streams applied changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_error_codes_and_watch_stream() {
+    let mut c = TestCluster::start(3, NodeOpts::default()).await.unwrap();
+    let leader = c.wait_leader(T).await.unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let mut api = c.node(follower).config().await.unwrap();
+    let mut watch = api.watch(pb::WatchRequest {}).await.unwrap().into_inner();
+
+    let svc = pb::Service {
+        key: "tcp/192.0.2.5:80".into(),
+        scheduler: "wrr".into(),
+        ..Default::default()
+    };
+    let r = api.add_service(svc.clone()).await.unwrap().into_inner();
+    assert!(r.index > 0);
+    let code = |r: Result<tonic::Response<pb::WriteReply>, tonic::Status>| r.unwrap_err().code();
+    assert_eq!(
+        code(api.add_service(svc.clone()).await),
+        tonic::Code::AlreadyExists
+    );
+    assert_eq!(
+        code(
+            api.delete_service(pb::ServiceKeyRequest {
+                key: "tcp/192.0.2.6:80".into()
+            })
+            .await
+        ),
+        tonic::Code::NotFound
+    );
+    let bad = pb::Service {
+        scheduler: "nope".into(),
+        ..svc.clone()
+    };
+    assert_eq!(
+        code(api.edit_service(bad).await),
+        tonic::Code::InvalidArgument
+    );
+    let in_use = pb::Service {
+        key: "tcp/192.0.2.7:80".into(),
+        scheduler: "rr".into(),
+        vip_group: "missing".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code(api.add_service(in_use).await),
+        tonic::Code::FailedPrecondition
+    );
+
+    // The watcher on the follower saw exactly the one successful change, with its index.
+    let ev = tokio::time::timeout(T, watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.index, r.index);
+    assert_eq!(ev.changes.len(), 1);
+    assert_eq!(ev.changes[0].key, "tcp/192.0.2.5:80");
+    assert_eq!(ev.changes[0].op, pb::ChangeOp::Add as i32);
+    // A later change arrives as the next event (nothing from the rejected ones in between).
+    api.delete_service(pb::ServiceKeyRequest {
+        key: svc.key.clone(),
+    })
+    .await
+    .unwrap();
+    let ev = tokio::time::timeout(T, watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.changes[0].op, pb::ChangeOp::Remove as i32);
+}
+
+/// `fulcrum cluster transfer` hands leadership over; completions are generated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_transfer_and_completions() {
+    let mut c = TestCluster::start(3, NodeOpts::default()).await.unwrap();
+    let leader = c.wait_leader(T).await.unwrap();
+    let target = (1..=3).find(|id| *id != leader).unwrap();
+    let o = c
+        .node(leader)
+        .cli(&["cluster", "transfer", "--to", &target.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("leader is now node {target}")),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(c.wait_leader(T).await.unwrap(), target);
+    // Writes work under the new leader.
+    let o = c.node(leader).cli(&["service", "add", "tcp/192.0.2.8:80"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Transfer to a non-member is refused.
+    let o = c.node(target).cli(&["cluster", "transfer", "--to", "9"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a voter"), "{}", stderr(&o));
+
+    let o = c.node(leader).cli(&["completions", "bash"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("fulcrum") && stdout(&o).contains("vip-group"));
+}
+
+/// A node killed mid-write whose log ends in a torn record comes back with every committed
+/// entry: the torn tail is cut off, the rest is kept and the node catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_log_tail_after_a_crash_loses_no_committed_entry() {
+    let mut c = TestCluster::start(3, NodeOpts::default()).await.unwrap();
+    let leader = c.wait_leader(T).await.unwrap();
+    for i in 0..10 {
+        let key = format!("udp/192.0.2.9:{}", 5000 + i);
+        assert!(
+            c.node(leader)
+                .cli(&["service", "add", &key])
+                .status
+                .success()
+        );
+    }
+    let before = c.export_local(leader).await.unwrap();
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    let index = c.status(leader).await.unwrap().applied_index;
+    c.wait_applied(victim, index, T).await.unwrap();
+    c.node(victim).kill();
+
+    // A crash in the middle of an append: a record header promising more bytes than follow.
+    let seg = c.node(victim).data_dir.join("raft-log").join("log.seg");
+    let committed_len = std::fs::metadata(&seg).unwrap().len();
+    let mut torn = 4096u32.to_le_bytes().to_vec();
+    torn.extend_from_slice(&0xdead_beef_u32.to_le_bytes());
+    torn.extend_from_slice(b"{\"log_id\":");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, &torn).unwrap();
+    drop(f);
+
+    c.node(victim).start(&[]).unwrap();
+    c.wait_applied(victim, index, T).await.unwrap();
+    assert_eq!(c.export_local(victim).await.unwrap(), before);
+    assert!(
+        c.node(victim).log().contains("torn"),
+        "the torn tail should be reported"
+    );
+    // The file was cut back to the last whole record before new appends went on.
+    assert!(std::fs::metadata(&seg).unwrap().len() >= committed_len);
+    assert!(
+        c.node(leader)
+            .cli(&["service", "add", "udp/192.0.2.9:6000"])
+            .status
+            .success()
+    );
+}
