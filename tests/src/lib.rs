@@ -4,6 +4,8 @@
 //! Every node gets its own data dir under one temp dir; processes are killed when the
 //! harness value is dropped, so a failing test leaves nothing running.
 
+pub mod netns;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::path::PathBuf;
@@ -358,4 +360,8 @@ impl TestCluster {
             .config
             .unwrap_or_default())
     }
+}
+
+pub fn testsrv_bin() -> PathBuf {
+    bin_dir().join("fulcrum-testsrv")
 }
