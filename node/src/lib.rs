@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod dataplane;
 pub mod fsutil;
 pub mod model;
 pub mod raft;

@@ -1,0 +1,4 @@
+//! The userspace forwarding engine.
+
+pub mod afpacket;
+pub mod filter;
