@@ -2,3 +2,4 @@
 
 pub mod afpacket;
 pub mod filter;
+pub mod neigh;
