@@ -45,6 +45,9 @@ pub struct FileConfig {
     pub join: Option<String>,
     #[serde(default)]
     pub raft: RaftFile,
+    /// The userspace forwarding engine; absent or without `interface`, this node forwards nothing.
+    #[serde(default)]
+    pub engine: EngineFile,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "fulcrum_node=debug".
     pub log: Option<String>,
 }
@@ -78,6 +81,84 @@ pub struct RaftFile {
     pub keep_after_snapshot: Option<u64>,
 }
 
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineFile {
+    /// The service interface: VIP traffic arrives and leaves here.
+    pub interface: Option<String>,
+    /// Packet worker threads (one AF_PACKET socket each, in one fanout group).
+    pub workers: Option<u32>,
+    /// Connection table size; new flows beyond it are refused and counted.
+    pub max_connections: Option<u64>,
+    /// Drop the flows of a removed real server at their next packet (IPVS
+    /// `expire_nodest_conn`); otherwise they run on until they expire.
+    pub expire_nodest_conn: Option<bool>,
+    /// Idle timeouts in seconds, like `ipvsadm --set TCP TCPFIN UDP`.
+    pub tcp_timeout: Option<u32>,
+    pub tcp_fin_timeout: Option<u32>,
+    pub udp_timeout: Option<u32>,
+}
+
+/// Validated engine settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    pub interface: String,
+    pub workers: u32,
+    pub max_connections: u64,
+    pub expire_nodest_conn: bool,
+    pub tcp_timeout: u32,
+    pub tcp_fin_timeout: u32,
+    pub udp_timeout: u32,
+}
+
+impl EngineFile {
+    fn validate(&self) -> Result<Option<EngineConfig>, ConfigError> {
+        let Some(interface) = self.interface.clone() else {
+            if self.workers.is_some() || self.max_connections.is_some() {
+                return Err(ConfigError::Invalid(
+                    "engine settings given without engine.interface: set the service interface to enable the engine"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        crate::model::check_interface_name(&interface)
+            .map_err(|e| ConfigError::Invalid(format!("engine.interface: {e}")))?;
+        let workers = self.workers.unwrap_or(1);
+        if !(1..=64).contains(&workers) {
+            return Err(ConfigError::Invalid(format!(
+                "engine.workers must be 1..=64, not {workers}"
+            )));
+        }
+        let max_connections = self.max_connections.unwrap_or(1 << 20);
+        if !(1..=100_000_000).contains(&max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "engine.max_connections must be 1..=100000000, not {max_connections}"
+            )));
+        }
+        let secs = |name: &str, v: Option<u32>, def: u32| -> Result<u32, ConfigError> {
+            match v.unwrap_or(def) {
+                0 => Err(ConfigError::Invalid(format!(
+                    "engine.{name} must be > 0 seconds"
+                ))),
+                n if n > 86_400 * 30 => Err(ConfigError::Invalid(format!(
+                    "engine.{name} must be at most 30 days"
+                ))),
+                n => Ok(n),
+            }
+        };
+        Ok(Some(EngineConfig {
+            interface,
+            workers,
+            max_connections,
+            expire_nodest_conn: self.expire_nodest_conn.unwrap_or(false),
+            tcp_timeout: secs("tcp_timeout", self.tcp_timeout, 900)?,
+            tcp_fin_timeout: secs("tcp_fin_timeout", self.tcp_fin_timeout, 120)?,
+            udp_timeout: secs("udp_timeout", self.udp_timeout, 300)?,
+        }))
+    }
+}
+
 /// Validated node settings.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -90,6 +171,7 @@ pub struct NodeConfig {
     pub bootstrap: Option<Vec<MemberFile>>,
     pub join: Option<String>,
     pub raft: RaftTimers,
+    pub engine: Option<EngineConfig>,
     pub log: String,
 }
 
@@ -192,6 +274,13 @@ impl FileConfig {
             check_host_port(j).map_err(|e| ConfigError::Invalid(format!("`join` {j:?}: {e}")))?;
         }
         let raft = self.raft.validate()?;
+        let engine = self.engine.validate()?;
+        if engine.is_some() && role == Role::Witness {
+            return Err(ConfigError::Invalid(
+                "a witness never carries traffic: remove [engine] or make the node a director"
+                    .into(),
+            ));
+        }
         Ok(NodeConfig {
             id,
             listen,
@@ -202,6 +291,7 @@ impl FileConfig {
             bootstrap,
             join: self.join,
             raft,
+            engine,
             log: self.log.unwrap_or_else(|| "info".into()),
         })
     }
@@ -368,6 +458,42 @@ mod tests {
         assert!(parse(&dup).unwrap_err().contains("listed twice"));
         let both = format!("{base}join = \"127.0.0.1:7002\"\n[bootstrap]\n");
         assert!(parse(&both).unwrap_err().contains("exclude each other"));
+    }
+
+    #[test]
+    fn engine_section_is_validated() {
+        let base = "id = 1\ndata_dir = \"/x\"\n";
+        assert!(parse(base).unwrap().engine.is_none());
+        let c = parse(&format!("{base}[engine]\ninterface = \"eth0\"\n")).unwrap();
+        let e = c.engine.unwrap();
+        assert_eq!(
+            (
+                e.workers,
+                e.max_connections,
+                e.tcp_timeout,
+                e.tcp_fin_timeout,
+                e.udp_timeout
+            ),
+            (1, 1 << 20, 900, 120, 300)
+        );
+        assert!(!e.expire_nodest_conn);
+        let bad = parse(&format!(
+            "{base}[engine]\ninterface = \"eth0\"\nworkers = 0\n"
+        ))
+        .unwrap_err();
+        assert!(bad.contains("workers"), "{bad}");
+        let bad = parse(&format!("{base}[engine]\nworkers = 2\n")).unwrap_err();
+        assert!(bad.contains("engine.interface"), "{bad}");
+        let bad = parse(&format!(
+            "{base}role = \"witness\"\n[engine]\ninterface = \"eth0\"\n"
+        ))
+        .unwrap_err();
+        assert!(bad.contains("witness"), "{bad}");
+        let bad = parse(&format!(
+            "{base}[engine]\ninterface = \"eth0\"\nudp_timeout = 0\n"
+        ))
+        .unwrap_err();
+        assert!(bad.contains("udp_timeout"), "{bad}");
     }
 
     #[test]
