@@ -68,6 +68,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: VipGroupCmd,
     },
+    /// Connection entries in the contacted node's forwarding path (like `ipvsadm -Lnc`).
+    Conn {
+        #[command(subcommand)]
+        cmd: ConnCmd,
+    },
     /// Replace the whole service configuration with a declarative TOML file, atomically.
     Apply(ApplyArgs),
     /// Print the current configuration as TOML that `apply` accepts back unchanged.
@@ -231,6 +236,12 @@ pub enum ServiceCmd {
         #[arg(long)]
         stale: bool,
     },
+    /// Traffic counters and rates of the contacted node's forwarding path
+    /// (like `ipvsadm -Ln --stats --rate`).
+    Stats {
+        /// Only this service (a key such as tcp/192.0.2.1:80).
+        service: Option<String>,
+    },
     /// One virtual service in detail.
     Show {
         #[command(flatten)]
@@ -328,5 +339,18 @@ pub enum VipGroupCmd {
     List {
         #[arg(long)]
         stale: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConnCmd {
+    /// List connection entries: protocol, expiry, state, client, virtual, real server, origin.
+    List {
+        /// Only entries of this service (a key such as tcp/192.0.2.1:80).
+        #[arg(long)]
+        service: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 10_000)]
+        limit: u32,
     },
 }

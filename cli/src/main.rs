@@ -12,12 +12,14 @@ use clap::Parser;
 use fulcrum_proto::v1 as pb;
 use fulcrum_proto::v1::cluster_client::ClusterClient;
 use fulcrum_proto::v1::config_client::ConfigClient;
+use fulcrum_proto::v1::connections_client::ConnectionsClient;
 use tonic::transport::Channel;
 
 use args::ApplyArgs;
 use args::Cli;
 use args::ClusterCmd;
 use args::Cmd;
+use args::ConnCmd;
 use args::RealCmd;
 use args::ServiceCmd;
 use args::VipGroupCmd;
@@ -100,6 +102,10 @@ impl Conn {
     fn cluster(&self) -> ClusterClient<Channel> {
         ClusterClient::new(self.channel.clone())
     }
+
+    fn connections(&self) -> ConnectionsClient<Channel> {
+        ConnectionsClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
 }
 
 fn read_opts(stale: bool) -> Option<pb::ReadOptions> {
@@ -129,6 +135,21 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Service { cmd } => service(&conn, &out, cmd).await,
         Cmd::Real { cmd } => real(&conn, &out, cmd).await,
         Cmd::VipGroup { cmd } => vip_group(&conn, &out, cmd).await,
+        Cmd::Conn {
+            cmd: ConnCmd::List { service, limit },
+        } => {
+            let r = conn
+                .connections()
+                .list(pb::ConnListRequest {
+                    service: service.unwrap_or_default(),
+                    limit,
+                })
+                .await
+                .context("conn list")?
+                .into_inner();
+            out.connections(&r);
+            Ok(())
+        }
         Cmd::Apply(a) => {
             let config = apply_input.unwrap_or_default();
             let reply = conn
@@ -282,6 +303,17 @@ async fn service(conn: &Conn, out: &Out, cmd: ServiceCmd) -> Result<()> {
                 .context("service list")?
                 .into_inner();
             out.services(&r.services);
+        }
+        ServiceCmd::Stats { service } => {
+            let r = conn
+                .connections()
+                .stats(pb::StatsRequest {
+                    service: service.unwrap_or_default(),
+                })
+                .await
+                .context("service stats")?
+                .into_inner();
+            out.stats(&r);
         }
         ServiceCmd::Show { service, stale } => {
             let key = service.key()?;

@@ -298,3 +298,123 @@ fn real_line(r: &pb::RealServer) -> String {
     .trim_end()
     .to_string()
 }
+
+/// `MM:SS` as ipvsadm prints connection expiry.
+fn expire(secs: u32) -> String {
+    format!("{:02}:{:02}", secs / 60, secs % 60)
+}
+
+/// ipvsadm's way with large counters: exact below 10^8, else scaled with K/M/G/T.
+fn count(n: u64) -> String {
+    if n < 100_000_000 {
+        return n.to_string();
+    }
+    let mut v = n;
+    for unit in ["K", "M", "G", "T"] {
+        v /= 1000;
+        if v < 100_000_000 {
+            return format!("{v}{unit}");
+        }
+    }
+    format!("{v}T")
+}
+
+impl Out {
+    /// Like `ipvsadm -Lnc`, with the entry's origin as a last column.
+    pub fn connections(&self, r: &pb::ConnListReply) {
+        if self.json {
+            self.print_json(&serde_json::to_value(r).unwrap_or(Value::Null));
+            return;
+        }
+        println!("IPVS connection entries");
+        println!(
+            "pro expire state       source             virtual            destination        origin"
+        );
+        for c in &r.connections {
+            let state = if c.template { "NONE" } else { c.state.as_str() };
+            println!(
+                "{:<3} {:<6} {:<11} {:<18} {:<18} {:<18} {}",
+                c.protocol.to_uppercase(),
+                expire(c.expires_in_secs),
+                state,
+                c.client,
+                c.virtual_addr,
+                c.real,
+                c.origin
+            );
+        }
+        if r.truncated {
+            eprintln!("(showing {} of {} entries)", r.connections.len(), r.total);
+        }
+    }
+
+    /// Like `ipvsadm -Ln --stats`, then `--rate`.
+    pub fn stats(&self, r: &pb::StatsReply) {
+        if self.json {
+            self.print_json(&serde_json::to_value(r).unwrap_or(Value::Null));
+            return;
+        }
+        if !r.engine {
+            println!("this node runs no forwarding engine");
+        }
+        println!(
+            "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "Prot LocalAddress:Port", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
+        );
+        println!("  -> RemoteAddress:Port");
+        for s in &r.services {
+            println!(
+                "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                s.key,
+                count(s.conns),
+                count(s.in_packets),
+                count(s.out_packets),
+                count(s.in_bytes),
+                count(s.out_bytes)
+            );
+            for d in &s.reals {
+                println!(
+                    "  -> {:<28} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                    d.address,
+                    count(d.conns),
+                    count(d.in_packets),
+                    count(d.out_packets),
+                    count(d.in_bytes),
+                    count(d.out_bytes)
+                );
+            }
+        }
+        println!();
+        println!(
+            "{:<33} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "Prot LocalAddress:Port", "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"
+        );
+        for s in &r.services {
+            println!(
+                "{:<33} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0}",
+                s.key, s.cps, s.in_pps, s.out_pps, s.in_bps, s.out_bps
+            );
+        }
+        if !r.drops.is_empty() {
+            println!();
+            println!("dropped packets:");
+            for d in &r.drops {
+                println!("  {:<20} {}", d.reason, d.count);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_scale_like_ipvsadm() {
+        assert_eq!(count(99_999_999), "99999999");
+        assert_eq!(count(100_000_000), "100000K");
+        assert_eq!(count(123_456_789_012), "123456K");
+        assert_eq!(expire(899), "14:59");
+        assert_eq!(expire(5), "00:05");
+    }
+}
