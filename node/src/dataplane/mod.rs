@@ -3,3 +3,5 @@
 pub mod afpacket;
 pub mod filter;
 pub mod neigh;
+pub mod sched;
+pub mod services;

@@ -38,7 +38,11 @@ pub const RETRY: Duration = Duration::from_millis(200);
 
 impl Neighbours {
     pub fn get(&self, ip: &IpAddr) -> Option<Mac> {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).get(ip).and_then(|e| e.mac)
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(ip)
+            .and_then(|e| e.mac)
     }
 
     /// Replaces the set of wanted addresses, keeping what is known about those that stay.
@@ -65,7 +69,11 @@ impl Neighbours {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
             match map.get(&ip) {
                 None => return false,
-                Some(e) if e.mac == Some(mac) && e.learned.is_some_and(|l| now - l < REFRESH / 2) => return true,
+                Some(e)
+                    if e.mac == Some(mac) && e.learned.is_some_and(|l| now - l < REFRESH / 2) =>
+                {
+                    return true;
+                }
                 Some(_) => {}
             }
         }
@@ -126,7 +134,10 @@ impl Neighbours {
 }
 
 pub fn fmt_mac(m: &Mac) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// (target address, target link-layer address) of a neighbour advertisement.
@@ -169,7 +180,16 @@ pub fn arp_request(src_mac: Mac, src_ip: Ipv4Addr, target: Ipv4Addr) -> [u8; 42]
 /// A neighbour solicitation for `target` to its solicited-node multicast group.
 pub fn neighbour_solicitation(src_mac: Mac, src_ip: Ipv6Addr, target: Ipv6Addr) -> [u8; 86] {
     let t = target.octets();
-    let group = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | u16::from(t[13]), u16::from_be_bytes([t[14], t[15]]));
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    );
     let mut f = [0u8; 86];
     f[0..6].copy_from_slice(&[0x33, 0x33, 0xff, t[13], t[14], t[15]]);
     f[6..12].copy_from_slice(&src_mac);
@@ -218,13 +238,23 @@ mod tests {
 
     #[test]
     fn arp_request_parses_and_a_reply_is_learned_only_when_wanted() {
-        let req = arp_request(ME, "192.0.2.11".parse().unwrap(), "192.0.2.21".parse().unwrap());
+        let req = arp_request(
+            ME,
+            "192.0.2.11".parse().unwrap(),
+            "192.0.2.21".parse().unwrap(),
+        );
         let p = SlicedPacket::from_ethernet(&req).unwrap();
-        let Some(NetSlice::Arp(a)) = p.net else { panic!("not arp") };
+        let Some(NetSlice::Arp(a)) = p.net else {
+            panic!("not arp")
+        };
         assert_eq!(a.target_protocol_addr(), &[192, 0, 2, 21]);
 
         // The real server's answer: the same layout with op 2, sender = RS.
-        let mut reply = arp_request(RS, "192.0.2.21".parse().unwrap(), "192.0.2.11".parse().unwrap());
+        let mut reply = arp_request(
+            RS,
+            "192.0.2.21".parse().unwrap(),
+            "192.0.2.11".parse().unwrap(),
+        );
         reply[21] = 2;
         let n = Neighbours::default();
         let now = Instant::now();
@@ -247,9 +277,17 @@ mod tests {
         let rs: Ipv6Addr = "2001:db8::15".parse().unwrap();
         let ns = neighbour_solicitation(ME, me, rs);
         let p = SlicedPacket::from_ethernet(&ns).unwrap();
-        let Some(NetSlice::Ipv6(ip)) = &p.net else { panic!("not v6") };
-        assert_eq!(ip.header().destination_addr(), "ff02::1:ff00:15".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(icmpv6_checksum(&me, &ip.header().destination_addr(), &ns[54..]), 0);
+        let Some(NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not v6")
+        };
+        assert_eq!(
+            ip.header().destination_addr(),
+            "ff02::1:ff00:15".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            icmpv6_checksum(&me, &ip.header().destination_addr(), &ns[54..]),
+            0
+        );
 
         // An NA from the real server: type 136, flags S|O, target rs, TLLA option.
         let mut na = ns;
