@@ -81,6 +81,9 @@ impl ServiceRt {
     }
 }
 
+/// (first port, last port, service index).
+type PortSpan = (u16, u16, usize);
+
 /// Everything the packet path needs, immutable once built.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -89,7 +92,7 @@ pub struct Snapshot {
     exact: HashMap<(u8, IpAddr, u16), usize>,
     /// Port groups and port-0 services: (first port, last port, index), looked up when no
     /// exact (protocol, VIP, port) service exists.
-    ranges: HashMap<(u8, IpAddr), Vec<(u16, u16, usize)>>,
+    ranges: HashMap<(u8, IpAddr), Vec<PortSpan>>,
     owned: HashSet<IpAddr>,
     ids: BTreeMap<ServiceKey, u32>,
     next_id: u32,
