@@ -7,6 +7,10 @@
 //! - `hold --tcp VIP:PORT --count N --seconds S`: N long-lived connections that keep
 //!   exchanging messages for S seconds; prints per-connection server, messages and errors.
 //!
+//! - `capture --iface eth0 --count N --ms T [--ip-proto P]`: raw frames received on the
+//!   interface (AF_PACKET), printed as one JSON list of hex strings; for checking frames no
+//!   local stack can decode (IP-in-IP when the kernel has no ipip module).
+//!
 //! Every loop is bounded by a count and a deadline.
 
 use std::collections::BTreeMap;
@@ -48,7 +52,8 @@ fn main() -> Result<()> {
         Some("serve") => serve(&args),
         Some("probe") => probe(&args),
         Some("hold") => hold(&args),
-        _ => bail!("usage: fulcrum-testsrv serve|probe|hold ..."),
+        Some("capture") => capture(&args),
+        _ => bail!("usage: fulcrum-testsrv serve|probe|hold|capture ..."),
     }
 }
 
@@ -220,5 +225,84 @@ fn hold(args: &[String]) -> Result<()> {
         "{}",
         serde_json::json!({ "conns": report, "broken": broken })
     );
+    Ok(())
+}
+
+/// Prints frames seen on an interface. With `--ip-proto P`, only IPv4/IPv6 frames whose
+/// (outer) protocol / next header is P.
+fn capture(args: &[String]) -> Result<()> {
+    let iface = arg(args, "--iface").unwrap_or_else(|| "eth0".into());
+    let count = num(args, "--count", 1)? as usize;
+    let ms = num(args, "--ms", 2000)?.min(60_000);
+    let want_proto = arg(args, "--ip-proto")
+        .map(|p| p.parse::<u8>())
+        .transpose()?;
+    let c = std::ffi::CString::new(iface.clone())?;
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {iface}");
+    }
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2); the descriptor is closed at exit.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: zeroed sockaddr_ll is valid; fields set below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: binding with a valid sockaddr_ll.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r < 0 {
+        bail!("bind: {}", std::io::Error::last_os_error());
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    let mut frames = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while frames.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
+        if n <= 0 {
+            continue;
+        }
+        // SAFETY: reading into our buffer of the given length.
+        let len = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if len <= 0 {
+            continue;
+        }
+        let f = &buf[..len as usize];
+        let ip_proto = match (f.get(12), f.get(13)) {
+            (Some(0x08), Some(0x00)) => f.get(23).copied(),
+            (Some(0x86), Some(0xdd)) => f.get(20).copied(),
+            _ => None,
+        };
+        if want_proto.is_some() && ip_proto != want_proto {
+            continue;
+        }
+        frames.push(f.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    }
+    // SAFETY: closing our own descriptor.
+    unsafe { libc::close(fd) };
+    println!("{}", serde_json::json!({ "frames": frames }));
     Ok(())
 }
