@@ -1,4 +1,6 @@
 //! fulcrum-sync: the connection table and its replication between directors.
 //!
-//! The connection table, the sync stream and the IPVS sync v1 codec arrive with the
-//! forwarding-engine and connection-sync work; the foundation only reserves the crate.
+//! [`conn`] holds the connection table the forwarding engine uses on every packet and whose
+//! entries the sync stream replicates; the sync stream and the IPVS sync v1 codec come next.
+
+pub mod conn;
