@@ -12,12 +12,15 @@ use fulcrum_proto::v1::JoinRequest;
 use fulcrum_proto::v1::cluster_client::ClusterClient;
 use fulcrum_proto::v1::cluster_server::ClusterServer;
 use fulcrum_proto::v1::config_server::ConfigServer;
+use fulcrum_proto::v1::connections_server::ConnectionsServer;
 use tokio_util::sync::CancellationToken;
 
 use fulcrum_node::api::ClusterApi;
 use fulcrum_node::api::ConfigApi;
+use fulcrum_node::api::ConnectionsApi;
 use fulcrum_node::cluster::Cluster;
 use fulcrum_node::config::NodeConfig;
+use fulcrum_node::dataplane::engine::Engine;
 use fulcrum_node::fsutil;
 use fulcrum_node::model::NodeInfo;
 use fulcrum_node::raft::Raft;
@@ -76,6 +79,7 @@ fn check_node_id(dir: &Path, id: u64) -> anyhow::Result<()> {
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
 pub struct Node {
     raft: Raft,
+    engine: Option<Arc<Engine>>,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -100,6 +104,12 @@ impl Node {
             .await
             .context("starting raft")?;
         let cluster = Cluster::new(cfg.id, raft.clone(), shared, events, peers.clone());
+        let engine = match &cfg.engine {
+            Some(e) => Some(Arc::new(
+                Engine::start(e).context("starting the forwarding engine")?,
+            )),
+            None => None,
+        };
 
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -117,6 +127,8 @@ impl Node {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             // Small Raft messages must not sit in Nagle's buffer waiting for a delayed ACK (40 ms).
+            let conns_svc = ConnectionsServer::new(ConnectionsApi::new(engine.clone()))
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tokio::spawn(async move {
@@ -126,13 +138,22 @@ impl Node {
                     .add_service(raft_svc)
                     .add_service(cluster_svc)
                     .add_service(config_svc)
+                    .add_service(conns_svc)
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await
                     .context("grpc server")
             })
         };
 
-        let node = Node { raft, stop, server };
+        if let Some(engine) = &engine {
+            follow_config(cluster.clone(), engine.clone(), cfg.id);
+        }
+        let node = Node {
+            raft,
+            engine,
+            stop,
+            server,
+        };
         node.bootstrap_or_join(&cfg, &peers).await?;
         Ok(node)
     }
@@ -217,6 +238,15 @@ impl Node {
     /// Stops serving and shuts Raft down cleanly.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
+        if let Some(engine) = self.engine {
+            // The control task holds a clone; the threads stop on the flag either way.
+            match Arc::try_unwrap(engine) {
+                Ok(e) => tokio::task::spawn_blocking(move || e.stop())
+                    .await
+                    .unwrap_or(()),
+                Err(e) => drop(e),
+            }
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
@@ -225,4 +255,29 @@ impl Node {
             Err(e) => Err(anyhow::anyhow!("server task: {e}")),
         }
     }
+}
+
+/// Keeps the engine on the replicated configuration: once now, then after every applied
+/// change. Rebuilding is config-rate work, done off the async workers.
+fn follow_config(cluster: Cluster, engine: Arc<Engine>, me: u64) {
+    let mut rx = cluster.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let config = cluster.applied().state.config;
+            let engine = engine.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let owned = fulcrum_node::vip::owned_vips(&config, me);
+                engine.apply(&config, &owned);
+            })
+            .await;
+            match rx.recv().await {
+                Ok(_) => {}
+                // Missed some events: the next apply reads the whole config anyway.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+            // Coalesce bursts of changes into one rebuild.
+            while rx.try_recv().is_ok() {}
+        }
+    });
 }

@@ -9,3 +9,4 @@ pub mod fsutil;
 pub mod model;
 pub mod raft;
 pub mod state;
+pub mod vip;

@@ -174,6 +174,30 @@ impl Lab {
         Ok(self.children.len() - 1)
     }
 
+    /// Starts a long-running process inside `host` with its output appended to `log`.
+    pub fn spawn_logged(
+        &mut self,
+        host: &Host,
+        program: &str,
+        args: &[&str],
+        log: &std::path::Path,
+    ) -> Result<usize> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = host
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .with_context(|| format!("spawning {program} in {}", host.ns))?;
+        self.children.push(child);
+        Ok(self.children.len() - 1)
+    }
+
     /// Reads one line from a spawned process's stdout (e.g. its "ready").
     pub fn read_line(&mut self, idx: usize) -> Result<String> {
         use std::io::BufRead;

@@ -2,9 +2,11 @@
 
 mod cluster_service;
 mod config_service;
+mod connections_service;
 
 pub use cluster_service::ClusterApi;
 pub use config_service::ConfigApi;
+pub use connections_service::ConnectionsApi;
 
 use tonic::Status;
 

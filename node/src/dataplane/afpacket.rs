@@ -421,10 +421,18 @@ pub struct Frames<'b> {
     _block: std::marker::PhantomData<&'b mut [u8]>,
 }
 
-impl<'b> Iterator for Frames<'b> {
-    type Item = &'b mut [u8];
+/// A received frame and whether its transport checksum is still unfinished (the sender
+/// offloaded it and it never reached a NIC: typical on veth). Such a frame must get its
+/// checksum filled in before it leaves again.
+pub struct Frame<'b> {
+    pub data: &'b mut [u8],
+    pub csum_not_ready: bool,
+}
 
-    fn next(&mut self) -> Option<&'b mut [u8]> {
+impl<'b> Iterator for Frames<'b> {
+    type Item = Frame<'b>;
+
+    fn next(&mut self) -> Option<Frame<'b>> {
         if self.left == 0 {
             return None;
         }
@@ -435,13 +443,17 @@ impl<'b> Iterator for Frames<'b> {
             let hdr = self.base.add(self.off).cast::<libc::tpacket3_hdr>();
             let snap = (*hdr).tp_snaplen as usize;
             let mac = (*hdr).tp_mac as usize;
+            let status = (*hdr).tp_status;
             let frame = std::slice::from_raw_parts_mut(self.base.add(self.off + mac), snap);
             let next = (*hdr).tp_next_offset as usize;
             if next == 0 {
                 self.left = 0;
             }
             self.off += next;
-            Some(frame)
+            Some(Frame {
+                data: frame,
+                csum_not_ready: status & libc::TP_STATUS_CSUMNOTREADY != 0,
+            })
         }
     }
 }
