@@ -277,3 +277,223 @@ fn dr_and_nat_forward_tcp_and_udp_over_ipv4_and_ipv6() {
     assert!(text.contains("IPVS connection entries"), "{text}");
     assert!(text.contains("192.0.2.101:80"), "{text}");
 }
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+impl Bed {
+    /// Starts a capture of IP protocol `proto` frames on real server `i`.
+    fn capture(&mut self, i: usize, proto: u8) -> usize {
+        let rs = self.rs[i].clone();
+        let p = proto.to_string();
+        let idx = self
+            .lab
+            .spawn(
+                &rs,
+                &bin(fulcrum_tests::testsrv_bin()),
+                &[
+                    "capture",
+                    "--iface",
+                    "eth0",
+                    "--ip-proto",
+                    &p,
+                    "--count",
+                    "1",
+                    "--ms",
+                    "8000",
+                ],
+            )
+            .unwrap();
+        assert_eq!(self.lab.read_line(idx).unwrap().trim(), "ready");
+        idx
+    }
+
+    /// The client's kernel's view of the path MTU to `vip`.
+    fn route_mtu(&self, vip: &str) -> String {
+        self.client.sh(&format!("ip route get {vip}")).unwrap()
+    }
+}
+
+/// Tunnel mode: this kernel cannot decapsulate (no ipip/ip6tnl), so the real server's raw
+/// frames are checked: IPv4-in-IPv4 and IPv6-in-IPv6 from the director to the real server,
+/// carrying the client's packet unchanged but for its TTL. A packet too big for the tunnel
+/// gets "fragmentation needed" / "packet too big" back, which the client's kernel takes in.
+#[test]
+fn tunnel_encapsulates_exact_frames_and_answers_too_big() {
+    let mut bed = Bed::new("tun");
+    let one_real = |vip: &str, real: &str| {
+        format!(
+            "[[service]]\nkey = \"udp/{vip}:53\"\nscheduler = \"rr\"\n[[service.real]]\naddress = \"{real}:53\"\nforward = \"tun\"\n\n"
+        )
+    };
+    let cfg =
+        one_real(VIP_TUN, "192.0.2.33") + &one_real(&format!("[{VIP_TUN6}]"), "[2001:db8::21]");
+    bed.apply(&cfg);
+    let dir_mac = hex(&bed.dir.mac.replace(':', ""));
+    let rs_mac = hex(&bed.rs[0].mac.replace(':', ""));
+
+    for (vip, outer_proto) in [(VIP_TUN.to_string(), 4u8), (format!("[{VIP_TUN6}]"), 41u8)] {
+        // The real server's MAC may need a moment to resolve: retry the send until captured.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let frame = loop {
+            let cap = bed.capture(0, outer_proto);
+            let _ = bed.probe("--udp", &format!("{vip}:53"), 1);
+            let line = bed.lab.read_line(cap).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if let Some(f) = v["frames"][0].as_str() {
+                break hex(f);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no tunnel frame for {vip}:\n{}",
+                bed.log()
+            );
+        };
+        assert_eq!(&frame[0..6], &rs_mac[..], "to the real server's MAC");
+        assert_eq!(&frame[6..12], &dir_mac[..], "from the director's MAC");
+        let outer = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+        match outer.net.unwrap() {
+            etherparse::NetSlice::Ipv4(ip) => {
+                let h = ip.header();
+                assert_eq!(h.protocol(), etherparse::IpNumber(4));
+                assert_eq!(h.source_addr().to_string(), bed.dir.ip4);
+                assert_eq!(h.destination_addr().to_string(), "192.0.2.33");
+                let inner = etherparse::SlicedPacket::from_ip(ip.payload().payload).unwrap();
+                let Some(etherparse::NetSlice::Ipv4(iip)) = inner.net else {
+                    panic!("inner not IPv4")
+                };
+                assert_eq!(iip.header().source_addr().to_string(), bed.client.ip4);
+                assert_eq!(iip.header().destination_addr().to_string(), VIP_TUN);
+                assert_eq!(iip.header().ttl(), 63, "decremented once, as IPVS does");
+                let Some(etherparse::TransportSlice::Udp(u)) = inner.transport else {
+                    panic!("inner not UDP")
+                };
+                assert_eq!(u.destination_port(), 53);
+                assert_eq!(u.payload(), b"probe-0");
+            }
+            etherparse::NetSlice::Ipv6(ip) => {
+                let h = ip.header();
+                assert_eq!(h.next_header(), etherparse::IpNumber(41));
+                assert_eq!(h.source_addr().to_string(), bed.dir.ip6);
+                assert_eq!(h.destination_addr().to_string(), "2001:db8::21");
+                let inner = etherparse::SlicedPacket::from_ip(ip.payload().payload).unwrap();
+                let Some(etherparse::NetSlice::Ipv6(iip)) = inner.net else {
+                    panic!("inner not IPv6")
+                };
+                assert_eq!(iip.header().source_addr().to_string(), bed.client.ip6);
+                assert_eq!(iip.header().destination_addr().to_string(), VIP_TUN6);
+                assert_eq!(iip.header().hop_limit(), 63);
+                let Some(etherparse::TransportSlice::Udp(u)) = inner.transport else {
+                    panic!("inner not UDP")
+                };
+                assert_eq!(u.payload(), b"probe-0");
+            }
+            other => panic!("unexpected outer {other:?}"),
+        }
+    }
+
+    // Too big for the tunnel (1500-byte link, 20/40 bytes of outer header): the client is told
+    // the tunnel's MTU and its kernel caches it for the VIP.
+    let _ = bed.probe("--udp", &format!("{VIP_TUN}:53"), 1);
+    let v4 = bed
+        .client
+        .command(&bin(fulcrum_tests::testsrv_bin()))
+        .args([
+            "probe",
+            "--udp",
+            &format!("{VIP_TUN}:53"),
+            "--count",
+            "1",
+            "--size",
+            "1460",
+            "--timeout-ms",
+            "500",
+        ])
+        .output()
+        .unwrap();
+    assert!(v4.status.success());
+    let v6 = bed
+        .client
+        .command(&bin(fulcrum_tests::testsrv_bin()))
+        .args([
+            "probe",
+            "--udp",
+            &format!("[{VIP_TUN6}]:53"),
+            "--count",
+            "1",
+            "--size",
+            "1440",
+            "--timeout-ms",
+            "500",
+        ])
+        .output()
+        .unwrap();
+    assert!(v6.status.success());
+    let r4 = bed.route_mtu(VIP_TUN);
+    assert!(r4.contains("mtu 1480"), "client's route to the VIP: {r4}");
+    let r6 = bed.route_mtu(VIP_TUN6);
+    assert!(r6.contains("mtu 1460"), "client's route to the VIP: {r6}");
+}
+
+/// A quiesced real server (weight 0) gets no new flows while its established flows go on.
+#[test]
+fn quiesced_real_server_keeps_its_flows_and_gets_no_new_ones() {
+    let mut bed = Bed::new("qui");
+    bed.apply(&config("dr", VIP_DR, VIP_DR6, 80, "rr", 1, 1));
+    bed.probe_ok("--tcp", &format!("{VIP_DR}:80"), 2);
+    // Long-lived flows, half of them on rs2 (rr).
+    let client = bed.client.clone();
+    let hold = bed
+        .lab
+        .spawn(
+            &client,
+            &bin(fulcrum_tests::testsrv_bin()),
+            &[
+                "hold",
+                "--tcp",
+                &format!("{VIP_DR}:80"),
+                "--count",
+                "6",
+                "--seconds",
+                "6",
+                "--interval-ms",
+                "100",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let o = bed.cli(&[
+        "real",
+        "edit",
+        "-t",
+        &format!("{VIP_DR}:80"),
+        "-r",
+        "192.0.2.34:80",
+        "-w",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    let v = bed.probe("--tcp", &format!("{VIP_DR}:80"), 20);
+    assert_eq!(
+        replies(&v, "rs1"),
+        20,
+        "new flows avoid the quiesced server: {v}"
+    );
+    let line = bed.lab.read_line(hold).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(report["broken"], 0, "old flows live on: {report}");
+    let on_rs2 = report["conns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["server"] == "rs2")
+        .count();
+    assert!(
+        on_rs2 >= 2,
+        "some held flows were on rs2 throughout: {report}"
+    );
+}

@@ -105,14 +105,16 @@ fn tcp_echo(conn: TcpStream, name: &str) {
 fn probe(args: &[String]) -> Result<()> {
     let count = num(args, "--count", 10)?;
     let timeout = Duration::from_millis(num(args, "--timeout-ms", 2000)?);
+    // Pad each message to this many bytes (for path-MTU checks).
+    let size = num(args, "--size", 0)?.min(65_000) as usize;
     let mut replies: BTreeMap<String, u64> = BTreeMap::new();
     let mut failed = 0u64;
     let mut errors: Vec<String> = Vec::new();
     for i in 0..count {
         let r = if let Some(t) = arg(args, "--tcp") {
-            probe_tcp(&t, i, timeout)
+            probe_tcp(&t, &message(i, size), timeout)
         } else if let Some(u) = arg(args, "--udp") {
-            probe_udp(&u, i, timeout)
+            probe_udp(&u, &message(i, size), timeout)
         } else {
             bail!("probe needs --tcp or --udp");
         };
@@ -133,18 +135,26 @@ fn probe(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn probe_tcp(target: &str, i: u64, timeout: Duration) -> Result<String> {
+fn message(i: u64, size: usize) -> String {
+    let mut m = format!("probe-{i}");
+    while m.len() < size {
+        m.push('x');
+    }
+    m
+}
+
+fn probe_tcp(target: &str, msg: &str, timeout: Duration) -> Result<String> {
     let addr: SocketAddr = target.parse().context("target")?;
     let s = TcpStream::connect_timeout(&addr, timeout).context("connect")?;
     s.set_read_timeout(Some(timeout))?;
     let mut w = s.try_clone()?;
-    writeln!(w, "probe-{i}")?;
+    writeln!(w, "{msg}")?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).context("read")?;
-    parse_reply(&line, &format!("probe-{i}"))
+    parse_reply(&line, msg)
 }
 
-fn probe_udp(target: &str, i: u64, timeout: Duration) -> Result<String> {
+fn probe_udp(target: &str, msg: &str, timeout: Duration) -> Result<String> {
     let addr: SocketAddr = target.parse().context("target")?;
     let bind = if addr.is_ipv4() {
         "0.0.0.0:0"
@@ -153,14 +163,13 @@ fn probe_udp(target: &str, i: u64, timeout: Duration) -> Result<String> {
     };
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
-    let msg = format!("probe-{i}");
     s.send_to(msg.as_bytes(), addr)?;
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 66_000];
     let (n, from) = s.recv_from(&mut buf).context("recv")?;
     if from != addr {
         bail!("reply from {from}, not {addr}");
     }
-    parse_reply(&String::from_utf8_lossy(&buf[..n]), &msg)
+    parse_reply(&String::from_utf8_lossy(&buf[..n]), msg)
 }
 
 fn parse_reply(reply: &str, sent: &str) -> Result<String> {
