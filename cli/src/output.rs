@@ -413,7 +413,7 @@ mod tests {
     fn counters_scale_like_ipvsadm() {
         assert_eq!(count(99_999_999), "99999999");
         assert_eq!(count(100_000_000), "100000K");
-        assert_eq!(count(123_456_789_012), "123456K");
+        assert_eq!(count(123_456_789_012), "123456M");
         assert_eq!(expire(899), "14:59");
         assert_eq!(expire(5), "00:05");
     }
