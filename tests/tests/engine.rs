@@ -32,6 +32,11 @@ fn bin(p: PathBuf) -> String {
 impl Bed {
     /// client .10, director .11, real servers .21/.22 (all dual-stack on one bridge).
     fn new(tag: &str) -> Bed {
+        Bed::with(tag, "")
+    }
+
+    /// `engine_extra`: more `[engine]` settings, one per line.
+    fn with(tag: &str, engine_extra: &str) -> Bed {
         let mut lab = Lab::new(tag).unwrap();
         let client = lab.host("client", 10).unwrap();
         let dir = lab.host("dir", 11).unwrap();
@@ -94,7 +99,7 @@ impl Bed {
         std::fs::write(
             &config,
             format!(
-                "id = 1\nlisten = \"127.0.0.1:7070\"\ndata_dir = \"{}\"\n[bootstrap]\n[engine]\ninterface = \"eth0\"\n",
+                "id = 1\nlisten = \"127.0.0.1:7070\"\ndata_dir = \"{}\"\n[bootstrap]\n[engine]\ninterface = \"eth0\"\n{engine_extra}\n",
                 tmp.path().join("data").display()
             ),
         )
@@ -234,7 +239,8 @@ fn replies(v: &serde_json::Value, name: &str) -> u64 {
 /// servers in the scheduler's proportions.
 #[test]
 fn dr_and_nat_forward_tcp_and_udp_over_ipv4_and_ipv6() {
-    let bed = Bed::new("eng");
+    // Two packet workers in one fanout group: flows spread over them, none is lost.
+    let bed = Bed::with("eng", "workers = 2");
     let mut cfg = config("dr", VIP_DR, VIP_DR6, 80, "wrr", 3, 1);
     cfg.push_str(&config("nat", VIP_NAT, VIP_NAT6, 8080, "rr", 1, 1));
     bed.apply(&cfg);
@@ -496,4 +502,111 @@ fn quiesced_real_server_keeps_its_flows_and_gets_no_new_ones() {
         on_rs2 >= 2,
         "some held flows were on rs2 throughout: {report}"
     );
+}
+
+/// Persistence: every new connection of one client goes to the same real server, even under
+/// rr; the template shows in `conn list`.
+#[test]
+fn persistent_service_keeps_a_client_on_one_real_server() {
+    let bed = Bed::new("per");
+    let mut cfg = config("dr", VIP_DR, VIP_DR6, 80, "rr", 1, 1);
+    cfg = cfg.replacen(
+        "scheduler = \"rr\"\n",
+        "scheduler = \"rr\"\npersistence_timeout = 300\n",
+        1,
+    );
+    bed.apply(&cfg);
+    let v = bed.probe_ok("--tcp", &format!("{VIP_DR}:80"), 20);
+    let (a, b) = (replies(&v, "rs1"), replies(&v, "rs2"));
+    assert!(
+        a == 21 - 1 || b == 20 || a == 20,
+        "one server for all of one client's flows: {v}"
+    );
+    assert!(
+        a == 0 || b == 0,
+        "one server for all of one client's flows: {v}"
+    );
+    let o = bed.cli(&[
+        "--json",
+        "conn",
+        "list",
+        "--service",
+        &format!("tcp/{VIP_DR}:80"),
+    ]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let templates = list["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["template"] == true)
+        .count();
+    assert_eq!(templates, 1, "{list}");
+}
+
+/// A real server removed from the config: by default its flows run on (IPVS's default);
+/// with `expire_nodest_conn` they end at their next packet.
+#[test]
+fn removed_real_server_flows_follow_expire_nodest_conn() {
+    for (expire, tag) in [(false, "nd0"), (true, "nd1")] {
+        let mut bed = Bed::with(tag, &format!("expire_nodest_conn = {expire}"));
+        bed.apply(&config("dr", VIP_DR, VIP_DR6, 80, "rr", 1, 1));
+        bed.probe_ok("--tcp", &format!("{VIP_DR}:80"), 2);
+        let client = bed.client.clone();
+        let hold = bed
+            .lab
+            .spawn(
+                &client,
+                &bin(fulcrum_tests::testsrv_bin()),
+                &[
+                    "hold",
+                    "--tcp",
+                    &format!("{VIP_DR}:80"),
+                    "--count",
+                    "4",
+                    "--seconds",
+                    "5",
+                    "--interval-ms",
+                    "100",
+                    "--timeout-ms",
+                    "1500",
+                ],
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let o = bed.cli(&[
+            "real",
+            "delete",
+            "-t",
+            &format!("{VIP_DR}:80"),
+            "-r",
+            "192.0.2.34:80",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let line = bed.lab.read_line(hold).unwrap();
+        let report: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let broken_on_rs2 = report["conns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["server"] == "rs2" && !c["error"].is_null())
+            .count();
+        let on_rs2 = report["conns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["server"] == "rs2")
+            .count();
+        assert!(on_rs2 >= 1, "{report}");
+        if expire {
+            assert_eq!(
+                broken_on_rs2, on_rs2,
+                "flows of the removed server end: {report}"
+            );
+        } else {
+            assert_eq!(
+                report["broken"], 0,
+                "flows of the removed server run on: {report}"
+            );
+        }
+    }
 }
