@@ -332,7 +332,8 @@ fn tunnel_encapsulates_exact_frames_and_answers_too_big() {
     let mut bed = Bed::new("tun");
     let one_real = |vip: &str, real: &str| {
         format!(
-            "[[service]]\nkey = \"udp/{vip}:53\"\nscheduler = \"rr\"\n[[service.real]]\naddress = \"{real}:53\"\nforward = \"tun\"\n\n"
+            "[[service]]\nkey = \"udp/{vip}:53\"\nscheduler = \"rr\"\n[[service.real]]\naddress = \"{real}:53\"\nforward = \"tun\"\n\n\
+             [[service]]\nkey = \"tcp/{vip}:80\"\nscheduler = \"rr\"\n[[service.real]]\naddress = \"{real}:80\"\nforward = \"tun\"\n\n"
         )
     };
     let cfg =
@@ -399,6 +400,41 @@ fn tunnel_encapsulates_exact_frames_and_answers_too_big() {
             }
             other => panic!("unexpected outer {other:?}"),
         }
+    }
+
+    // TCP too: the client's SYN arrives encapsulated, untouched but for the TTL.
+    for (vip, outer_proto) in [(VIP_TUN.to_string(), 4u8), (format!("[{VIP_TUN6}]"), 41u8)] {
+        let cap = bed.capture(0, outer_proto);
+        let _ = bed
+            .client
+            .command(&bin(fulcrum_tests::testsrv_bin()))
+            .args([
+                "probe",
+                "--tcp",
+                &format!("{vip}:80"),
+                "--count",
+                "1",
+                "--timeout-ms",
+                "300",
+            ])
+            .output();
+        let line = bed.lab.read_line(cap).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let frame = hex(v["frames"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("no TCP tunnel frame for {vip}: {v}")));
+        let outer = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+        let payload = match outer.net.unwrap() {
+            etherparse::NetSlice::Ipv4(ip) => ip.payload().payload.to_vec(),
+            etherparse::NetSlice::Ipv6(ip) => ip.payload().payload.to_vec(),
+            other => panic!("unexpected outer {other:?}"),
+        };
+        let inner = etherparse::SlicedPacket::from_ip(&payload).unwrap();
+        let Some(etherparse::TransportSlice::Tcp(t)) = inner.transport else {
+            panic!("inner not TCP")
+        };
+        assert!(t.syn() && !t.ack(), "the client's SYN");
+        assert_eq!(t.destination_port(), 80);
     }
 
     // Too big for the tunnel (1500-byte link, 20/40 bytes of outer header): the client is told
