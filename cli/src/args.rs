@@ -68,6 +68,17 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: VipGroupCmd,
     },
+    /// VIP ownership: planned moves.
+    Vip {
+        #[command(subcommand)]
+        cmd: VipCmd,
+    },
+    /// Follow VIP ownership transitions as the contacted node sees them (until interrupted,
+    /// or for --seconds).
+    Events {
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Connection entries in the contacted node's forwarding path (like `ipvsadm -Lnc`).
     Conn {
         #[command(subcommand)]
@@ -352,5 +363,17 @@ pub enum ConnCmd {
         /// At most this many entries.
         #[arg(long, default_value_t = 10_000)]
         limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VipCmd {
+    /// Move a VIP group to another director without waiting for timeouts: the current owner
+    /// stops answering, then the new one takes over and announces.
+    Move {
+        group: String,
+        /// Target director id (default: the cluster picks).
+        #[arg(long)]
+        to: Option<u64>,
     },
 }

@@ -22,6 +22,7 @@ use args::Cmd;
 use args::ConnCmd;
 use args::RealCmd;
 use args::ServiceCmd;
+use args::VipCmd;
 use args::VipGroupCmd;
 use output::Out;
 
@@ -135,6 +136,50 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Service { cmd } => service(&conn, &out, cmd).await,
         Cmd::Real { cmd } => real(&conn, &out, cmd).await,
         Cmd::VipGroup { cmd } => vip_group(&conn, &out, cmd).await,
+        Cmd::Vip {
+            cmd: VipCmd::Move { group, to },
+        } => {
+            let r = conn
+                .cluster()
+                .move_vip(pb::MoveVipRequest {
+                    group: group.clone(),
+                    to: to.unwrap_or(0),
+                })
+                .await
+                .context("vip move")?
+                .into_inner();
+            if out.json {
+                out.print_json(&serde_json::json!({ "group": group, "owner": r.owner }));
+            } else {
+                match r.owner {
+                    Some(o) => println!("vip_group {group} is now owned by node {o}"),
+                    None => println!("vip_group {group} has no owner now"),
+                }
+            }
+            Ok(())
+        }
+        Cmd::Events { seconds } => {
+            let mut stream = conn
+                .cluster()
+                .events(pb::EventsRequest {})
+                .await
+                .context("events")?
+                .into_inner();
+            let deadline = seconds.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+            loop {
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
+                        Ok(r) => r,
+                        Err(_) => return Ok(()),
+                    },
+                    None => stream.message().await,
+                };
+                match next.context("events")? {
+                    Some(e) => out.event(&e),
+                    None => return Ok(()),
+                }
+            }
+        }
         Cmd::Conn {
             cmd: ConnCmd::List { service, limit },
         } => {

@@ -156,6 +156,49 @@ impl Out {
             ],
             &rows,
         );
+        if !s.vip_groups.is_empty() {
+            println!();
+            let rows: Vec<Vec<String>> = s
+                .vip_groups
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.name.clone(),
+                        g.owner.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
+                        g.state_here.clone(),
+                        g.lease_age_ms
+                            .map(|a| format!("{a}ms"))
+                            .unwrap_or_else(|| "-".into()),
+                        g.last_transition_ms
+                            .map(|a| format!("{:.1}s ago", a as f64 / 1000.0))
+                            .unwrap_or_else(|| "-".into()),
+                        g.vips.join(","),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "VIP-GROUP",
+                    "OWNER",
+                    "HERE",
+                    "LEASE-AGE",
+                    "LAST-CHANGE",
+                    "VIPS",
+                ],
+                &rows,
+            );
+        }
+    }
+
+    pub fn event(&self, e: &pb::Event) {
+        if self.json {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+        } else {
+            println!(
+                "{} node {} vip_group {}: {}",
+                e.at_ms, e.node, e.group, e.detail
+            );
+        }
     }
 
     pub fn members(&self, m: &pb::MembersReply) {

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use fulcrum_proto::raft::RaftPayload;
 use openraft::ChangeMembers;
@@ -75,6 +77,15 @@ pub enum Forwarded {
     Transfer {
         to: Option<NodeId>,
     },
+    /// A director renews its VIP lease (see `vip`).
+    RenewLease {
+        node: NodeId,
+    },
+    /// Move a VIP group gracefully (`to: None`: to whoever the leader picks).
+    MoveVip {
+        group: String,
+        to: Option<NodeId>,
+    },
 }
 
 /// What the leader answered.
@@ -84,6 +95,8 @@ pub enum ForwardedOk {
     ReadIndex { index: u64 },
     Membership { index: u64 },
     Transferred { to: NodeId },
+    Lease(crate::vip::Grant),
+    Moved { owner: Option<NodeId> },
 }
 
 pub type ForwardedReply = Result<ForwardedOk, ClusterError>;
@@ -99,6 +112,7 @@ pub struct Written {
 pub struct Cluster {
     id: NodeId,
     raft: Raft,
+    vip: Arc<crate::vip::Registry>,
     shared: SharedState,
     events: broadcast::Sender<AppliedEvent>,
     peers: Peers,
@@ -111,10 +125,12 @@ impl Cluster {
         shared: SharedState,
         events: broadcast::Sender<AppliedEvent>,
         peers: Peers,
+        vip: Arc<crate::vip::Registry>,
     ) -> Self {
         Cluster {
             id,
             raft,
+            vip,
             shared,
             events,
             peers,
@@ -230,6 +246,42 @@ impl Cluster {
         }
     }
 
+    pub fn vip_registry(&self) -> &Arc<crate::vip::Registry> {
+        &self.vip
+    }
+
+    /// Renews this director's VIP lease with the leader (one attempt, no retry: the caller
+    /// renews again soon, and a lease must not be stretched by retries).
+    pub async fn renew_lease(&self) -> Result<crate::vip::Grant, ClusterError> {
+        let req = Forwarded::RenewLease { node: self.id };
+        let leader = self.raft.metrics().borrow_watched().current_leader;
+        let reply = match leader {
+            Some(l) if l == self.id => self.handle_forwarded(req).await,
+            Some(l) => self.forward_to(l, &req).await,
+            None => Err(ClusterError::Unavailable("no leader".into())),
+        };
+        match reply? {
+            ForwardedOk::Lease(g) => Ok(g),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
+    /// Moves a VIP group gracefully; returns its new owner.
+    pub async fn move_vip(
+        &self,
+        group: String,
+        to: Option<NodeId>,
+    ) -> Result<Option<NodeId>, ClusterError> {
+        match self.on_leader(Forwarded::MoveVip { group, to }).await? {
+            ForwardedOk::Moved { owner } => Ok(owner),
+            other => Err(ClusterError::Internal(format!(
+                "unexpected reply {other:?}"
+            ))),
+        }
+    }
+
     /// Runs `req` on the current leader: here if this node leads, else over the wire.
     /// Retries while leadership is moving, up to [`LEADER_WAIT`].
     async fn on_leader(&self, req: Forwarded) -> Result<ForwardedOk, ClusterError> {
@@ -326,6 +378,83 @@ impl Cluster {
             Forwarded::Join { id, node, replace } => self.join_on_leader(id, node, replace).await,
             Forwarded::Leave { id } => self.leave_on_leader(id).await,
             Forwarded::Transfer { to } => self.transfer_on_leader(to).await,
+            Forwarded::RenewLease { node } => {
+                let m = self.ensure_leader()?;
+                // A quorum round first: only a leader that still leads may grant.
+                self.raft
+                    .ensure_linearizable(ReadPolicy::ReadIndex)
+                    .await
+                    .map_err(|e| match e.forward_to_leader() {
+                        Some(f) => ClusterError::NotLeader(f.leader_id),
+                        None => ClusterError::Unavailable(format!("lease: {e}")),
+                    })?;
+                let grant = self.with_applied(|a| {
+                    self.vip
+                        .grant(m.current_term, node, &a.state, Instant::now())
+                });
+                Ok(ForwardedOk::Lease(grant))
+            }
+            Forwarded::MoveVip { group, to } => self.move_on_leader(group, to).await,
+        }
+    }
+
+    async fn move_on_leader(&self, group: String, to: Option<NodeId>) -> ForwardedReply {
+        let m = self.ensure_leader()?;
+        let (exists, current, target_ok) = self.with_applied(|a| {
+            let members = a.members();
+            let ok = to.is_none_or(|t| members.get(&t).is_some_and(|n| n.role == Role::Director));
+            (
+                a.state.config.vip_groups.contains_key(&group),
+                a.state.owner(&group).owner,
+                ok,
+            )
+        });
+        if !exists {
+            return Err(ClusterError::rejected(
+                ErrorKind::NotFound,
+                format!("no such vip_group {group}"),
+            ));
+        }
+        if !target_ok {
+            return Err(ClusterError::rejected(
+                ErrorKind::FailedPrecondition,
+                format!("node {} is not a director of this cluster", to.unwrap_or(0)),
+            ));
+        }
+        if let Some(t) = to
+            && !self.vip.alive(m.current_term, t, Instant::now())
+        {
+            return Err(ClusterError::rejected(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "node {t} is not renewing its VIP lease (down or cut off); it cannot take vip_group {group}"
+                ),
+            ));
+        }
+        let Some(from) = current else {
+            return Err(ClusterError::rejected(
+                ErrorKind::FailedPrecondition,
+                format!("vip_group {group} has no owner to move it from yet"),
+            ));
+        };
+        if Some(from) == to {
+            return Ok(ForwardedOk::Moved { owner: Some(from) });
+        }
+        self.vip
+            .begin_handoff(m.current_term, &group, from, to, Instant::now());
+        // The assigner completes the move; wait for it to be committed.
+        let deadline = Instant::now() + self.vip.timers().lapse() * 4 + Duration::from_secs(1);
+        loop {
+            let owner = self.with_applied(|a| a.state.owner(&group).owner);
+            if owner != Some(from) {
+                return Ok(ForwardedOk::Moved { owner });
+            }
+            if Instant::now() > deadline {
+                return Err(ClusterError::Unavailable(format!(
+                    "vip_group {group} did not move in time"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

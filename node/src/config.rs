@@ -48,6 +48,9 @@ pub struct FileConfig {
     /// The userspace forwarding engine; absent or without `interface`, this node forwards nothing.
     #[serde(default)]
     pub engine: EngineFile,
+    /// VIP ownership timers, announcements and the notify hook.
+    #[serde(default)]
+    pub vip: VipFile,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "fulcrum_node=debug".
     pub log: Option<String>,
 }
@@ -97,6 +100,47 @@ pub struct EngineFile {
     pub tcp_timeout: Option<u32>,
     pub tcp_fin_timeout: Option<u32>,
     pub udp_timeout: Option<u32>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipFile {
+    pub lease_ms: Option<u64>,
+    pub renew_ms: Option<u64>,
+    pub margin_ms: Option<u64>,
+    pub preempt_delay_ms: Option<u64>,
+    pub garp_repeat: Option<u32>,
+    pub garp_interval_ms: Option<u64>,
+    pub garp_refresh_ms: Option<u64>,
+    /// Run as `notify GROUP OLD_STATE NEW_STATE` on every transition of this node
+    /// (states: master, backup, fault), like keepalived's notify scripts.
+    pub notify: Option<PathBuf>,
+}
+
+impl VipFile {
+    fn validate(&self) -> Result<(crate::vip::VipTimers, Option<PathBuf>), ConfigError> {
+        let d = crate::vip::VipTimers::default();
+        let ms = |v: Option<u64>, def: Duration| v.map(Duration::from_millis).unwrap_or(def);
+        let t = crate::vip::VipTimers {
+            lease: ms(self.lease_ms, d.lease),
+            renew: ms(self.renew_ms, d.renew),
+            margin: ms(self.margin_ms, d.margin),
+            preempt_delay: ms(self.preempt_delay_ms, d.preempt_delay),
+            garp_repeat: self.garp_repeat.unwrap_or(d.garp_repeat),
+            garp_interval: ms(self.garp_interval_ms, d.garp_interval),
+            garp_refresh: ms(self.garp_refresh_ms, d.garp_refresh),
+        };
+        t.validate().map_err(ConfigError::Invalid)?;
+        if let Some(n) = &self.notify
+            && !n.is_absolute()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "vip.notify must be an absolute path, not {}",
+                n.display()
+            )));
+        }
+        Ok((t, self.notify.clone()))
+    }
 }
 
 /// Validated engine settings.
@@ -172,6 +216,8 @@ pub struct NodeConfig {
     pub join: Option<String>,
     pub raft: RaftTimers,
     pub engine: Option<EngineConfig>,
+    pub vip: crate::vip::VipTimers,
+    pub notify: Option<PathBuf>,
     pub log: String,
 }
 
@@ -275,6 +321,7 @@ impl FileConfig {
         }
         let raft = self.raft.validate()?;
         let engine = self.engine.validate()?;
+        let (vip, notify) = self.vip.validate()?;
         if engine.is_some() && role == Role::Witness {
             return Err(ConfigError::Invalid(
                 "a witness never carries traffic: remove [engine] or make the node a director"
@@ -292,6 +339,8 @@ impl FileConfig {
             join: self.join,
             raft,
             engine,
+            vip,
+            notify,
             log: self.log.unwrap_or_else(|| "info".into()),
         })
     }
@@ -494,6 +543,16 @@ mod tests {
         ))
         .unwrap_err();
         assert!(bad.contains("udp_timeout"), "{bad}");
+    }
+
+    #[test]
+    fn vip_timers_are_checked() {
+        let base = "id = 1\ndata_dir = \"/x\"\n";
+        assert_eq!(parse(base).unwrap().vip, crate::vip::VipTimers::default());
+        let bad = parse(&format!("{base}[vip]\nlease_ms = 100\nrenew_ms = 50\n")).unwrap_err();
+        assert!(bad.contains("renew_ms"), "{bad}");
+        let bad = parse(&format!("{base}[vip]\nnotify = \"notify.sh\"\n")).unwrap_err();
+        assert!(bad.contains("absolute"), "{bad}");
     }
 
     #[test]

@@ -103,7 +103,16 @@ impl Node {
         let raft = Raft::new(cfg.id, raft_cfg, network, log_store, sm)
             .await
             .context("starting raft")?;
-        let cluster = Cluster::new(cfg.id, raft.clone(), shared, events, peers.clone());
+        let registry = Arc::new(fulcrum_node::vip::Registry::new(cfg.vip.clone()));
+        let cluster = Cluster::new(
+            cfg.id,
+            raft.clone(),
+            shared,
+            events,
+            peers.clone(),
+            registry,
+        );
+        let vip = fulcrum_node::vip::manager::VipHandle::default();
         let engine = match &cfg.engine {
             Some(e) => Some(Arc::new(
                 Engine::start(e).context("starting the forwarding engine")?,
@@ -121,8 +130,11 @@ impl Node {
             let raft_svc = RaftServer::new(RaftService::new(cluster.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            let cluster_svc =
-                ClusterServer::new(ClusterApi::new(cluster.clone(), cfg.cluster_name.clone()));
+            let cluster_svc = ClusterServer::new(ClusterApi::new(
+                cluster.clone(),
+                cfg.cluster_name.clone(),
+                vip.clone(),
+            ));
             let config_svc = ConfigServer::new(ConfigApi::new(cluster.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -145,8 +157,16 @@ impl Node {
             })
         };
 
-        if let Some(engine) = &engine {
-            follow_config(cluster.clone(), engine.clone(), cfg.id);
+        // Every node may lead, so every node runs the assigner; only directors hold VIPs.
+        fulcrum_node::vip::manager::spawn_assigner(cluster.clone());
+        if cfg.role == fulcrum_node::model::Role::Director {
+            fulcrum_node::vip::manager::spawn_holder(
+                cluster.clone(),
+                engine.clone(),
+                vip.clone(),
+                cfg.vip.clone(),
+                cfg.notify.clone(),
+            );
         }
         let node = Node {
             raft,
@@ -255,29 +275,4 @@ impl Node {
             Err(e) => Err(anyhow::anyhow!("server task: {e}")),
         }
     }
-}
-
-/// Keeps the engine on the replicated configuration: once now, then after every applied
-/// change. Rebuilding is config-rate work, done off the async workers.
-fn follow_config(cluster: Cluster, engine: Arc<Engine>, me: u64) {
-    let mut rx = cluster.subscribe();
-    tokio::spawn(async move {
-        loop {
-            let config = cluster.applied().state.config;
-            let engine = engine.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                let owned = fulcrum_node::vip::owned_vips(&config, me);
-                engine.apply(&config, &owned);
-            })
-            .await;
-            match rx.recv().await {
-                Ok(_) => {}
-                // Missed some events: the next apply reads the whole config anyway.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-            // Coalesce bursts of changes into one rebuild.
-            while rx.try_recv().is_ok() {}
-        }
-    });
 }

@@ -4,9 +4,13 @@ use fulcrum_proto::v1 as pb;
 use fulcrum_proto::v1::cluster_server::Cluster as ClusterRpc;
 use openraft::Instant as _;
 use openraft::ServerState;
+use std::pin::Pin;
+use std::time::Instant;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
+
+use crate::vip::manager::VipHandle;
 
 use super::status;
 use crate::cluster::Cluster;
@@ -16,14 +20,64 @@ use crate::model::Role;
 pub struct ClusterApi {
     cluster: Cluster,
     cluster_name: String,
+    vip: VipHandle,
 }
 
 impl ClusterApi {
-    pub fn new(cluster: Cluster, cluster_name: String) -> Self {
+    pub fn new(cluster: Cluster, cluster_name: String, vip: VipHandle) -> Self {
         ClusterApi {
             cluster,
             cluster_name,
+            vip,
         }
+    }
+
+    fn vip_groups(&self, leader_term: Option<u64>) -> Vec<pb::VipGroupStatus> {
+        let me = self.cluster.id();
+        let witness = self.cluster.is_witness();
+        let view = self.vip.view();
+        let now = Instant::now();
+        let reg = self.cluster.vip_registry();
+        self.cluster.with_applied(|a| {
+            a.state
+                .config
+                .vip_groups
+                .values()
+                .map(|g| {
+                    let o = a.state.owner(&g.name);
+                    let held = view.held.contains(&g.name);
+                    let lease_age_ms = if held {
+                        view.lease_started
+                            .map(|s| now.duration_since(s).as_millis() as u64)
+                    } else {
+                        match (leader_term, o.owner) {
+                            (Some(term), Some(owner)) if owner != me => {
+                                reg.last_grant_age_ms(term, owner, now)
+                            }
+                            _ => None,
+                        }
+                    };
+                    pb::VipGroupStatus {
+                        name: g.name.clone(),
+                        owner: o.owner,
+                        epoch: o.epoch,
+                        state_here: if witness {
+                            "-".into()
+                        } else if held {
+                            "master".into()
+                        } else {
+                            "backup".into()
+                        },
+                        lease_age_ms,
+                        last_transition_ms: view
+                            .last_transition
+                            .get(&g.name)
+                            .map(|t| now.duration_since(*t).as_millis() as u64),
+                        vips: g.vips.iter().map(|v| v.to_string()).collect(),
+                    }
+                })
+                .collect()
+        })
     }
 
     fn members(&self) -> Vec<pb::Member> {
@@ -123,6 +177,7 @@ impl ClusterRpc for ClusterApi {
             cluster_name: self.cluster_name.clone(),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index),
             purged_index: m.purged.as_ref().map(|l| l.index),
+            vip_groups: self.vip_groups(leader.then_some(m.current_term)),
         }))
     }
 
@@ -183,6 +238,52 @@ impl ClusterRpc for ClusterApi {
             index,
             changes: vec![],
         }))
+    }
+
+    type EventsStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    async fn events(
+        &self,
+        _request: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let mut rx = self.vip.events.subscribe();
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let item = match rx.recv().await {
+                    Ok(e) => Ok(pb::Event {
+                        node: e.node,
+                        group: e.group,
+                        kind: e.kind,
+                        old: e.old,
+                        new: e.new,
+                        detail: e.detail,
+                        at_ms: e.at_ms,
+                    }),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        Err(Status::data_loss(format!("{n} events missed; watch again")))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    async fn move_vip(
+        &self,
+        request: Request<pb::MoveVipRequest>,
+    ) -> Result<Response<pb::MoveVipReply>, Status> {
+        let req = request.into_inner();
+        let to = (req.to != 0).then_some(req.to);
+        let owner = self.cluster.move_vip(req.group, to).await.map_err(status)?;
+        Ok(Response::new(pb::MoveVipReply { owner }))
     }
 
     async fn transfer_leader(

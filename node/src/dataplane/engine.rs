@@ -99,6 +99,8 @@ struct Rates {
 pub struct Engine {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// For control frames (gratuitous ARP, unsolicited NA).
+    control_tx: Mutex<TxSocket>,
 }
 
 /// One connection entry as `conn list` shows it.
@@ -285,7 +287,18 @@ impl Engine {
             max_connections = cfg.max_connections,
             "forwarding engine started"
         );
-        Ok(Engine { shared, threads })
+        let control_tx =
+            Mutex::new(
+                TxSocket::open(&iface).map_err(|source| EngineError::Socket {
+                    iface: iface.clone(),
+                    source,
+                })?,
+            );
+        Ok(Engine {
+            shared,
+            threads,
+            control_tx,
+        })
     }
 
     /// Follows a new configuration: rebuilds the service snapshot (unchanged services and
@@ -316,6 +329,34 @@ impl Engine {
             vips = owned.len(),
             "engine follows the new configuration"
         );
+    }
+
+    /// Tells the segment that this director now answers for `vips`: a gratuitous ARP for each
+    /// IPv4 VIP, an unsolicited neighbour advertisement (override set) for each IPv6 VIP.
+    pub fn announce(&self, vips: &[IpAddr]) {
+        let mut frames: Vec<([u8; 128], usize)> = Vec::with_capacity(vips.len());
+        for vip in vips {
+            let mut buf = [0u8; 128];
+            let built = match vip {
+                IpAddr::V4(a) => {
+                    super::packet::build_gratuitous_arp(&mut buf, self.shared.local.mac, *a, None)
+                }
+                IpAddr::V6(a) => {
+                    super::packet::build_unsolicited_na(&mut buf, self.shared.local.mac, *a, None)
+                }
+            };
+            match built {
+                Ok(n) => frames.push((buf, n)),
+                Err(e) => tracing::warn!(%vip, "announcement: {e}"),
+            }
+        }
+        let tx = self.control_tx.lock().unwrap_or_else(|e| e.into_inner());
+        for chunk in frames.chunks(TX_BATCH) {
+            let list: Vec<&[u8]> = chunk.iter().map(|(b, n)| &b[..*n]).collect();
+            if let Err(e) = tx.send_batch(&list) {
+                tracing::warn!("announcement: {e}");
+            }
+        }
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {

@@ -100,6 +100,34 @@ impl ClusterState {
                     .values()
                     .try_for_each(|g| check_owner(g, members))
             }
+            Command::AssignVip {
+                group,
+                owner,
+                epoch,
+            } => {
+                if !self.config.vip_groups.contains_key(group) {
+                    return Err(StateError::not_found(format!("no such vip_group {group}")));
+                }
+                let current = self.owner(group);
+                if current.epoch != *epoch {
+                    return Err(StateError::failed_precondition(format!(
+                        "vip_group {group}: assignment epoch is {}, not {epoch} (decided on a stale view)",
+                        current.epoch
+                    )));
+                }
+                match owner.map(|o| (o, members.get(&o))) {
+                    None => Ok(()),
+                    Some((o, None)) => Err(StateError::failed_precondition(format!(
+                        "vip_group {group}: node {o} is not a member"
+                    ))),
+                    Some((o, Some(n))) if n.role == Role::Witness => {
+                        Err(StateError::failed_precondition(format!(
+                            "vip_group {group}: node {o} is a witness and can never own a VIP"
+                        )))
+                    }
+                    Some(_) => Ok(()),
+                }
+            }
         }
     }
 
@@ -160,6 +188,20 @@ impl ClusterState {
             Command::AddVipGroup(g) => out.push(Change::vip_group_added(g)),
             Command::DeleteVipGroup(name) => out.push(Change::vip_group_removed(name)),
             Command::Apply(config) => out = diff(&self.config, config),
+            Command::AssignVip { group, owner, .. } => {
+                let name =
+                    |o: Option<u64>| o.map_or_else(|| "none".to_string(), |o| format!("node {o}"));
+                out.push(Change::new(
+                    super::ChangeOp::Modify,
+                    super::ObjectKind::VipGroup,
+                    group.clone(),
+                    format!(
+                        "owner {} -> {}",
+                        name(self.owner(group).owner),
+                        name(*owner)
+                    ),
+                ));
+            }
         }
         out
     }
@@ -205,8 +247,26 @@ impl ClusterState {
             }
             Command::DeleteVipGroup(name) => {
                 config.vip_groups.remove(name);
+                self.owners.remove(name);
             }
-            Command::Apply(new) => *config = new.clone(),
+            Command::Apply(new) => {
+                *config = new.clone();
+                let groups = &config.vip_groups;
+                self.owners.retain(|g, _| groups.contains_key(g));
+            }
+            Command::AssignVip {
+                group,
+                owner,
+                epoch,
+            } => {
+                self.owners.insert(
+                    group.clone(),
+                    super::VipOwner {
+                        owner: *owner,
+                        epoch: epoch + 1,
+                    },
+                );
+            }
         }
     }
 }

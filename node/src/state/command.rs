@@ -36,6 +36,13 @@ pub enum Command {
     DeleteVipGroup(String),
     /// Replaces the whole configuration at once.
     Apply(ClusterConfig),
+    /// The leader's decision on who owns a VIP group. Applies only if the group's epoch is
+    /// still `epoch` (compare-and-set), so decisions taken on a stale view are refused.
+    AssignVip {
+        group: String,
+        owner: Option<u64>,
+        epoch: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -64,6 +71,14 @@ impl fmt::Display for Command {
             }
             Command::AddVipGroup(g) => write!(f, "add vip_group {}", g.name),
             Command::DeleteVipGroup(name) => write!(f, "delete vip_group {name}"),
+            Command::AssignVip {
+                group,
+                owner,
+                epoch,
+            } => match owner {
+                Some(o) => write!(f, "assign vip_group {group} to node {o} (epoch {epoch})"),
+                None => write!(f, "release vip_group {group} (epoch {epoch})"),
+            },
             Command::Apply(c) => write!(
                 f,
                 "apply config ({} services, {} VIP groups)",

@@ -26,10 +26,30 @@ pub type Members = BTreeMap<u64, NodeInfo>;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub config: ClusterConfig,
+    /// Who owns each VIP group, as the leader assigned it (not part of the declarative
+    /// config: `export` does not show it, `apply` does not change it).
+    #[serde(default)]
+    pub owners: BTreeMap<String, VipOwner>,
+}
+
+/// A VIP group's assignment. `epoch` grows with every change, so a decision made on a stale
+/// view (an old leader's) is refused at apply time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipOwner {
+    pub owner: Option<u64>,
+    pub epoch: u64,
 }
 
 impl ClusterState {
     pub fn new(config: ClusterConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            owners: BTreeMap::new(),
+        }
+    }
+
+    /// The assignment of `group` (none yet: owner `None`, epoch 0).
+    pub fn owner(&self, group: &str) -> VipOwner {
+        self.owners.get(group).copied().unwrap_or_default()
     }
 }
