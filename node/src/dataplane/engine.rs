@@ -304,9 +304,16 @@ impl Engine {
     /// Follows a new configuration: rebuilds the service snapshot (unchanged services and
     /// their flows are untouched), re-targets neighbour resolution, and with
     /// `expire_nodest_conn` ends the flows of real servers that left.
-    pub fn apply(&self, config: &ClusterConfig, owned: &HashSet<IpAddr>) {
+    /// `owned`: VIPs to forward; `answering`: those of them to answer for (see
+    /// `Snapshot::answers`).
+    pub fn apply(
+        &self,
+        config: &ClusterConfig,
+        owned: &HashSet<IpAddr>,
+        answering: &HashSet<IpAddr>,
+    ) {
         let prev = self.snapshot();
-        let next = services::build(config, &prev, owned, &self.shared.sched_cfg);
+        let next = services::build(config, &prev, owned, answering, &self.shared.sched_cfg);
         self.shared.neigh.want(next.next_hops());
         let next = Arc::new(next);
         *self.shared.snap.write().unwrap_or_else(|e| e.into_inner()) = next.clone();

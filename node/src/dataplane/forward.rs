@@ -178,7 +178,7 @@ pub fn process(frame: &mut [u8], csum_not_ready: bool, scratch: &mut [u8], ctx: 
         Net::Arp(arp) => {
             ctx.neigh
                 .learn(IpAddr::V4(arp.sender_ip), arp.sender_mac, ctx.instant);
-            if arp.is_request() && ctx.snap.owns(&IpAddr::V4(arp.target_ip)) {
+            if arp.is_request() && ctx.snap.answers(&IpAddr::V4(arp.target_ip)) {
                 return match packet::build_arp_reply(&pkt, scratch, ctx.local.mac) {
                     Ok(n) => Verdict::SendScratch(n),
                     Err(_) => Verdict::Drop(DropReason::Malformed),
@@ -190,7 +190,7 @@ pub fn process(frame: &mut [u8], csum_not_ready: bool, scratch: &mut [u8], ctx: 
             if let L4::Icmp(Icmp { kind, .. }) = &ip.l4 {
                 match kind {
                     IcmpKind::NeighborSolicitation { target, .. } => {
-                        if ctx.snap.owns(&IpAddr::V6(*target)) {
+                        if ctx.snap.answers(&IpAddr::V6(*target)) {
                             return match packet::build_neighbor_advertisement(
                                 &pkt,
                                 scratch,
@@ -523,6 +523,10 @@ fn outbound(frame: &mut [u8], pkt: &Packet, ip: &Ip, ctx: &Ctx) -> Verdict {
     let Some((entry, change)) = found else {
         return Verdict::Drop(DropReason::NotOurs);
     };
+    if !ctx.snap.answers(&entry.virtual_addr().ip()) {
+        // Drained after a move: the new owner sends from the VIP now, not this director.
+        return Verdict::Drop(DropReason::NotOurs);
+    }
     let dest = dest_of(ctx.snap, &entry);
     if let (Some(d), Some(c)) = (dest, &change) {
         account(d, c);

@@ -93,7 +93,10 @@ pub struct Snapshot {
     /// Port groups and port-0 services: (first port, last port, index), looked up when no
     /// exact (protocol, VIP, port) service exists.
     ranges: HashMap<(u8, IpAddr), Vec<PortSpan>>,
+    /// VIPs forwarded here (held, or being drained after a move).
     owned: HashSet<IpAddr>,
+    /// VIPs answered for here (ARP/NDP, packets sent from the VIP): the held ones only.
+    answering: HashSet<IpAddr>,
     ids: BTreeMap<ServiceKey, u32>,
     next_id: u32,
     /// Real servers removed from the config while flows may still use them.
@@ -122,9 +125,15 @@ impl Snapshot {
             .map(|(_, _, i)| &self.services[*i])
     }
 
-    /// Whether the engine answers ARP/NDP for, and forwards to, `ip`.
+    /// Whether the engine forwards traffic sent to `ip`.
     pub fn owns(&self, ip: &IpAddr) -> bool {
         self.owned.contains(ip)
+    }
+
+    /// Whether the engine answers for `ip`: ARP/NDP, and packets sent from it (NAT replies,
+    /// ICMP errors). A VIP being drained after a move is forwarded but not answered for.
+    pub fn answers(&self, ip: &IpAddr) -> bool {
+        self.answering.contains(ip)
     }
 
     pub fn owned(&self) -> impl Iterator<Item = &IpAddr> {
@@ -178,18 +187,21 @@ impl Snapshot {
 
 /// Builds the next snapshot from `config`, reusing what `prev` has for unchanged parts.
 /// `owned` decides which services are live here: only services on VIPs this node owns are
-/// forwarded. Services the engine cannot run (fwmark: marks are set by netfilter, which a
-/// userspace engine on AF_PACKET never sees) are skipped with a warning.
+/// forwarded; of those, `answering` are answered for. Services the engine cannot run (fwmark:
+/// marks are set by netfilter, which a userspace engine on AF_PACKET never sees) are skipped
+/// with a warning.
 pub fn build(
     config: &ClusterConfig,
     prev: &Snapshot,
     owned: &HashSet<IpAddr>,
+    answering: &HashSet<IpAddr>,
     cfg: &SchedConfig,
 ) -> Snapshot {
     let mut next = Snapshot {
         ids: prev.ids.clone(),
         next_id: prev.next_id.max(1),
         owned: owned.clone(),
+        answering: answering.intersection(owned).copied().collect(),
         ..Snapshot::default()
     };
     let prev_by_key: HashMap<&ServiceKey, &Arc<ServiceRt>> =
@@ -367,6 +379,7 @@ address = "198.51.100.14:80"
             &cfg(BASE),
             &Snapshot::default(),
             &owned(),
+            &owned(),
             &SchedConfig::default(),
         );
         let vip: IpAddr = "192.0.2.100".parse().unwrap();
@@ -396,6 +409,7 @@ address = "198.51.100.14:80"
             &cfg(BASE),
             &Snapshot::default(),
             &owned(),
+            &owned(),
             &SchedConfig::default(),
         );
         let web = a
@@ -418,7 +432,7 @@ address = "198.51.100.14:80"
             "",
             1,
         );
-        let b = build(&cfg(&text), &a, &owned(), &SchedConfig::default());
+        let b = build(&cfg(&text), &a, &owned(), &owned(), &SchedConfig::default());
         let web2 = b.by_id(web.id).unwrap();
         assert_eq!(web2.svc.key, web.svc.key);
         assert_eq!(web2.reals.len(), 1);

@@ -89,6 +89,7 @@ pub fn spawn_assigner(cluster: Cluster) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_placement = Instant::now();
         loop {
             tick.tick().await;
             let m = cluster.metrics();
@@ -99,6 +100,10 @@ pub fn spawn_assigner(cluster: Cluster) {
                 continue;
             }
             let term = m.current_term;
+            if last_placement.elapsed() > Duration::from_secs(3) {
+                last_placement = Instant::now();
+                place_leadership(&cluster, &m).await;
+            }
             let reg = cluster.vip_registry().clone();
             let now = Instant::now();
             let timers = reg.timers().clone();
@@ -167,6 +172,37 @@ pub fn spawn_assigner(cluster: Cluster) {
     });
 }
 
+/// A director that leads and dies costs an election before its VIPs can move; a witness that
+/// leads costs nothing. So a leading director hands leadership to an up-to-date witness.
+async fn place_leadership(cluster: &Cluster, m: &crate::raft::RaftMetrics) {
+    let me = cluster.id();
+    let members = cluster.members();
+    if members
+        .iter()
+        .any(|(id, n, _)| *id == me && n.role == Role::Witness)
+    {
+        return;
+    }
+    let last = m.last_log_index.unwrap_or(0);
+    let witness = members.iter().find(|(id, n, voter)| {
+        *voter
+            && n.role == Role::Witness
+            && m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .is_some_and(|l| l.index + 1 >= last)
+    });
+    if let Some((w, _, _)) = witness {
+        tracing::info!(
+            to = w,
+            "handing Raft leadership to the witness (faster VIP takeover)"
+        );
+        if let Err(e) = cluster.transfer_leader(Some(*w)).await {
+            tracing::debug!("leadership placement: {e}");
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Lease {
     until: Option<Instant>,
@@ -228,6 +264,10 @@ pub fn spawn_holder(
     tokio::spawn(async move {
         let me = cluster.id();
         let mut held: BTreeSet<String> = BTreeSet::new();
+        // Groups given up recently: their VIPs are still forwarded (not answered for) until the
+        // new owner's announcements have moved the clients, so a planned move loses nothing.
+        let mut draining: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut forwarding: BTreeSet<String> = BTreeSet::new();
         let mut owners_seen: BTreeMap<String, Option<u64>> = BTreeMap::new();
         let mut applied_seen = u64::MAX;
         let mut last_refresh = Instant::now();
@@ -289,14 +329,27 @@ pub fn spawn_holder(
             }
             owners_seen = owners.clone();
             let changed = may != held;
-            if changed || applied != applied_seen {
+            for g in held.difference(&may) {
+                draining.insert(g.clone(), now + timers.lapse());
+            }
+            draining.retain(|g, until| now < *until && !may.contains(g));
+            let fwd: BTreeSet<String> = may
+                .union(&draining.keys().cloned().collect())
+                .cloned()
+                .collect();
+            if changed || fwd != forwarding || applied != applied_seen {
                 applied_seen = applied;
+                forwarding = fwd;
                 if let Some(engine) = &engine {
-                    let vips = vips_for(&config, &may);
+                    let answering = vips_for(&config, &may);
+                    let forwarded = vips_for(&config, &forwarding);
                     let engine = engine.clone();
                     let cfg = config.clone();
-                    // Drops first, then gains: when losing, the engine stops answering here.
-                    let _ = tokio::task::spawn_blocking(move || engine.apply(&cfg, &vips)).await;
+                    // One atomic swap: stops answering for lost groups, starts for gained ones.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        engine.apply(&cfg, &forwarded, &answering)
+                    })
+                    .await;
                 }
             }
             if changed {

@@ -70,9 +70,9 @@ pub struct VipTimers {
 impl Default for VipTimers {
     fn default() -> Self {
         VipTimers {
-            lease: Duration::from_millis(240),
-            renew: Duration::from_millis(60),
-            margin: Duration::from_millis(40),
+            lease: Duration::from_millis(200),
+            renew: Duration::from_millis(50),
+            margin: Duration::from_millis(30),
             preempt_delay: Duration::from_secs(2),
             garp_repeat: 3,
             garp_interval: Duration::from_millis(50),
