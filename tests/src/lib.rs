@@ -4,6 +4,8 @@
 //! Every node gets its own data dir under one temp dir; processes are killed when the
 //! harness value is dropped, so a failing test leaves nothing running.
 
+pub mod bench;
+pub mod drill;
 pub mod netns;
 
 use std::net::TcpListener;

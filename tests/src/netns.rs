@@ -108,16 +108,7 @@ impl Lab {
     /// Adds a host with the given last address byte `n`: MAC 02:fc:00:00:00:n,
     /// 192.0.2.n/24 and 2001:db8::n/64 on interface `eth0`.
     pub fn host(&mut self, name: &str, n: u8) -> Result<Host> {
-        let ns = format!("{}{name}", self.prefix);
-        let host = Host {
-            ns: ns.clone(),
-            name: name.to_string(),
-            mac: format!("02:fc:00:00:00:{n:02x}"),
-            ip4: format!("192.0.2.{n}"),
-            ip6: format!("2001:db8::{n:x}"),
-            dev: "eth0".into(),
-        };
-        run(Command::new("ip").args(["netns", "add", &ns]))?;
+        let host = self.new_host(name, n)?;
         let port = format!("p{name}");
         run(Command::new("ip").args([
             "link",
@@ -131,7 +122,7 @@ impl Lab {
             "name",
             "eth0",
             "netns",
-            &ns,
+            &host.ns,
         ]))?;
         run(Command::new("ip").args([
             "netns",
@@ -145,18 +136,40 @@ impl Lab {
             "br0",
             "up",
         ]))?;
-        let script = format!(
-            "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
-               net.ipv6.conf.all.keep_addr_on_down=1 net.ipv6.conf.default.keep_addr_on_down=1 && \
-             ip link set lo up && \
-             ip link set eth0 address {mac} && ip link set eth0 up && \
-             ip addr add {ip4}/24 dev eth0 && ip -6 addr add {ip6}/64 dev eth0 nodad",
-            mac = host.mac,
-            ip4 = host.ip4,
-            ip6 = host.ip6
-        );
-        host.sh(&script)?;
+        configure(&host)?;
         self.hosts.push(host.clone());
+        Ok(host)
+    }
+
+    /// Adds two hosts joined by one veth pair of their own, without the bridge (for packet-rate
+    /// benchmarks, where a bridge hop would add work to both ends). Addresses and MACs as
+    /// [`Lab::host`] gives them.
+    pub fn pair(&mut self, a: (&str, u8), b: (&str, u8)) -> Result<(Host, Host)> {
+        let ha = self.new_host(a.0, a.1)?;
+        let hb = self.new_host(b.0, b.1)?;
+        run(Command::new("ip").args([
+            "link", "add", "eth0", "netns", &ha.ns, "type", "veth", "peer", "name", "eth0",
+            "netns", &hb.ns,
+        ]))?;
+        configure(&ha)?;
+        configure(&hb)?;
+        self.hosts.push(ha.clone());
+        self.hosts.push(hb.clone());
+        Ok((ha, hb))
+    }
+
+    /// Creates the namespace of a new host (no interface yet).
+    fn new_host(&self, name: &str, n: u8) -> Result<Host> {
+        let ns = format!("{}{name}", self.prefix);
+        let host = Host {
+            ns: ns.clone(),
+            name: name.to_string(),
+            mac: format!("02:fc:00:00:00:{n:02x}"),
+            ip4: format!("192.0.2.{n}"),
+            ip6: format!("2001:db8::{n:x}"),
+            dev: "eth0".into(),
+        };
+        run(Command::new("ip").args(["netns", "add", &ns]))?;
         Ok(host)
     }
 
@@ -239,6 +252,22 @@ impl Drop for Lab {
         // Deleting the namespaces deletes their veths and the bridge with them.
         self.cleanup_namespaces();
     }
+}
+
+/// Addresses, MAC and the sysctls every host gets, on its `eth0`.
+fn configure(host: &Host) -> Result<()> {
+    let script = format!(
+        "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+           net.ipv6.conf.all.keep_addr_on_down=1 net.ipv6.conf.default.keep_addr_on_down=1 && \
+         ip link set lo up && \
+         ip link set eth0 address {mac} && ip link set eth0 up && \
+         ip addr add {ip4}/24 dev eth0 && ip -6 addr add {ip6}/64 dev eth0 nodad",
+        mac = host.mac,
+        ip4 = host.ip4,
+        ip6 = host.ip6
+    );
+    host.sh(&script)?;
+    Ok(())
 }
 
 fn unsafe_geteuid() -> u32 {

@@ -20,9 +20,8 @@ use std::sync::Mutex;
 use std::sync::RwLock;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Acquire;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::Ordering::Release;
+use std::sync::atomic::Ordering::SeqCst;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use std::time::Instant;
@@ -86,6 +85,16 @@ struct Shared {
     expire_nodest_conn: bool,
     sched_cfg: SchedConfig,
     rates: Mutex<Rates>,
+    workers: Vec<WorkerSync>,
+}
+
+/// What `apply` needs to know of a packet thread to be sure it no longer uses an old
+/// snapshot: a thread is either idle (waiting for frames; it reloads before processing) or
+/// busy with a snapshot of a known generation.
+#[derive(Default)]
+struct WorkerSync {
+    busy: AtomicBool,
+    seen: AtomicU64,
 }
 
 /// Per-service counter samples for the rate columns of `service stats`.
@@ -225,6 +234,7 @@ impl Engine {
             expire_nodest_conn: cfg.expire_nodest_conn,
             sched_cfg: SchedConfig::default(),
             rates: Mutex::default(),
+            workers: (0..cfg.workers).map(|_| WorkerSync::default()).collect(),
         });
         // A fanout group id unique to this process and interface.
         let group = (std::process::id() as u16) ^ 0x5a5a;
@@ -256,7 +266,7 @@ impl Engine {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("fulcrum-pkt{w}"))
-                    .spawn(move || worker(sh, rx, tx))
+                    .spawn(move || worker(sh, w as usize, rx, tx))
                     .map_err(|source| EngineError::Socket {
                         iface: iface.clone(),
                         source,
@@ -317,7 +327,18 @@ impl Engine {
         self.shared.neigh.want(next.next_hops());
         let next = Arc::new(next);
         *self.shared.snap.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
-        self.shared.generation.fetch_add(1, Release);
+        let generation = self.shared.generation.fetch_add(1, SeqCst) + 1;
+        // Return only once no packet thread can act on the old snapshot any more: a VIP given
+        // up must not be answered for after this (the new owner may start right away).
+        let deadline = Instant::now() + Duration::from_secs(1);
+        for w in &self.shared.workers {
+            while w.busy.load(SeqCst)
+                && w.seen.load(SeqCst) < generation
+                && Instant::now() < deadline
+            {
+                std::thread::yield_now();
+            }
+        }
         if self.shared.expire_nodest_conn {
             let mut gone = Vec::new();
             self.shared.table.remove_where(
@@ -511,19 +532,28 @@ impl TxBatch {
     }
 }
 
-fn worker(sh: Arc<Shared>, mut rx: PacketSocket, tx: TxSocket) {
+fn worker(sh: Arc<Shared>, index: usize, mut rx: PacketSocket, tx: TxSocket) {
+    let Some(sync) = sh.workers.get(index) else {
+        return;
+    };
     let mut scratch: Vec<[u8; 2048]> = vec![[0u8; 2048]; TX_BATCH];
     let mut batch = TxBatch {
         ptrs: [(std::ptr::null(), 0); TX_BATCH],
         n: 0,
     };
     let mut seen_gen = 0u64;
+    let mut filter_gen = 0u64;
     let mut snap = sh.snap.read().unwrap_or_else(|e| e.into_inner()).clone();
     while !sh.stop.load(Relaxed) {
-        let g = sh.generation.load(Acquire);
+        let g = sh.generation.load(SeqCst);
         if g != seen_gen {
             seen_gen = g;
             snap = sh.snap.read().unwrap_or_else(|e| e.into_inner()).clone();
+        }
+        // The socket filter follows the snapshot this thread uses (which may also have been
+        // reloaded while a block was processed, below).
+        if filter_gen != seen_gen {
+            filter_gen = seen_gen;
             if let Err(e) = rx.set_filter(&filter::build(&snap.filter_spec())) {
                 tracing::error!("socket filter: {e}");
             }
@@ -538,6 +568,14 @@ fn worker(sh: Arc<Shared>, mut rx: PacketSocket, tx: TxSocket) {
             }
         };
         let mut block = block;
+        // Busy first, then look at the generation (see `Engine::apply`).
+        sync.busy.store(true, SeqCst);
+        let g = sh.generation.load(SeqCst);
+        if g != seen_gen {
+            seen_gen = g;
+            snap = sh.snap.read().unwrap_or_else(|e| e.into_inner()).clone();
+        }
+        sync.seen.store(seen_gen, SeqCst);
         let ctx = Ctx {
             snap: &snap,
             table: &sh.table,
@@ -575,6 +613,7 @@ fn worker(sh: Arc<Shared>, mut rx: PacketSocket, tx: TxSocket) {
         }
         batch.flush(&tx, &sh.drops);
         drop(block);
+        sync.busy.store(false, SeqCst);
     }
 }
 

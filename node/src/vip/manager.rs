@@ -89,7 +89,7 @@ pub fn spawn_assigner(cluster: Cluster) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_placement = Instant::now();
+        let mut last_placement = Instant::now() - Duration::from_secs(3);
         loop {
             tick.tick().await;
             let m = cluster.metrics();

@@ -1,8 +1,14 @@
 //! Benchmarks recorded in BENCHMARKS.md. Not a test: it prints numbers.
 //!
-//! `cargo run --release -p fulcrum-tests --bin fulcrum-bench -- config`
+//! `cargo run --release -p fulcrum-tests --bin fulcrum-bench -- <config|engine|conntable> [options]`
 //!
-//! Starts a real 3-node cluster of release `fulcrumd` processes on loopback and measures,
+//! - `engine`: forwarded packets/s of the userspace engine (DR, NAT) next to a bare AF_PACKET
+//!   loop and kernel nftables DNAT, on one veth link (root; see `fulcrum_tests::bench::engine`).
+//! - `conntable`: new connections/s per core through the table and scheduler, bytes per entry
+//!   (see `fulcrum_tests::bench::conntable`).
+//! - `config`, below:
+//!
+//! `config` starts a real 3-node cluster of release `fulcrumd` processes on loopback and measures,
 //! through the gRPC API the CLI uses:
 //! - single-change commit latency, sent to the leader and to a follower (forwarded);
 //! - one `apply` of 10,000 services x 10 real servers, from empty and as a full re-weight;
@@ -147,23 +153,8 @@ async fn stream(
     Ok(t.elapsed())
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cores} cores, {cpu}")
-}
-
 async fn config_bench() -> Result<()> {
-    println!("machine: {}", machine());
+    println!("machine: {}", fulcrum_tests::bench::machine());
     let mut c = TestCluster::start(3, NodeOpts::default()).await?;
     let leader = c.wait_leader(Duration::from_secs(20)).await?;
     let follower = (1..=3).find(|id| *id != leader).unwrap_or(1);
@@ -255,11 +246,14 @@ async fn config_bench() -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let which = std::env::args().nth(1).unwrap_or_else(|| "config".into());
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let which = args.first().cloned().unwrap_or_else(|| "config".into());
+    let rest = args.get(1..).unwrap_or_default();
     match which.as_str() {
-        "config" => config_bench().await,
-        other => bail!("unknown benchmark {other:?}; available: config"),
+        "config" => tokio::runtime::Runtime::new()?.block_on(config_bench()),
+        "engine" => fulcrum_tests::bench::engine::run(rest),
+        "conntable" => fulcrum_tests::bench::conntable::run(rest),
+        other => bail!("unknown benchmark {other:?}; available: config, engine, conntable"),
     }
 }
