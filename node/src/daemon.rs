@@ -157,17 +157,17 @@ impl Node {
             })
         };
 
-        // Every node may lead, so every node runs the assigner; only directors hold VIPs.
+        // Every node may lead, so every node runs the assigner; only directors hold VIPs (a
+        // witness runs the holder only to follow assignments for status and events).
         fulcrum_node::vip::manager::spawn_assigner(cluster.clone());
-        if cfg.role == fulcrum_node::model::Role::Director {
-            fulcrum_node::vip::manager::spawn_holder(
-                cluster.clone(),
-                engine.clone(),
-                vip.clone(),
-                cfg.vip.clone(),
-                cfg.notify.clone(),
-            );
-        }
+        fulcrum_node::vip::manager::spawn_holder(
+            cluster.clone(),
+            engine.clone(),
+            vip.clone(),
+            cfg.vip.clone(),
+            cfg.notify.clone(),
+            cfg.role == fulcrum_node::model::Role::Director,
+        );
         let node = Node {
             raft,
             engine,

@@ -223,6 +223,12 @@ impl Lab {
         Ok(line)
     }
 
+    /// The process id of a spawned process (`ip netns exec` and `taskset` exec the program,
+    /// so it is the program's own).
+    pub fn pid(&self, idx: usize) -> Option<u32> {
+        self.children.get(idx).map(|c| c.id())
+    }
+
     pub fn kill(&mut self, idx: usize) {
         if let Some(c) = self.children.get_mut(idx) {
             let _ = c.kill();

@@ -166,6 +166,17 @@ address = "[2001:db8::22]:53"
             text.push_str("[engine]\ninterface = \"eth0\"\n");
         }
         text.push_str("[vip]\npreempt_delay_ms = 500\n");
+        // keepalived-style notify hook: records its arguments.
+        let hook = self.tmp.path().join(format!("notify{id}.sh"));
+        let out = self.tmp.path().join(format!("notify{id}.out"));
+        std::fs::write(
+            &hook,
+            format!("#!/bin/sh\necho \"$1 $2 $3\" >> {}\n", out.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        text.push_str(&format!("notify = \"{}\"\n", hook.display()));
         std::fs::write(self.tmp.path().join(format!("node{id}.toml")), text).unwrap();
     }
 
@@ -286,6 +297,11 @@ address = "[2001:db8::22]:53"
         }
     }
 
+    /// What node `id`'s notify hook was called with, one call per line.
+    fn notified(&self, id: u64) -> String {
+        std::fs::read_to_string(self.tmp.path().join(format!("notify{id}.out"))).unwrap_or_default()
+    }
+
     fn macs(&self) -> (String, String) {
         (self.dirs[0].mac.clone(), self.dirs[1].mac.clone())
     }
@@ -329,6 +345,19 @@ fn assert_owners(obs: &drill::Observation, expected: &[&str]) {
 fn killing_the_owner_moves_the_vips_and_a_restarted_owner_stays_quiet() {
     let mut p = Pair::new("fok", false);
     let (m1, m2) = p.macs();
+    assert!(
+        p.notified(1).contains("web backup master"),
+        "hook on node 1: {:?}",
+        p.notified(1)
+    );
+    // `fulcrum events` on the witness follows the move.
+    let events = p
+        .host(3)
+        .command(&bin(fulcrum_tests::fulcrum_bin()))
+        .args(["--server", &p.addr(3), "--json", "events", "--seconds", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let obs = Observer::start(&p.lab, &[VIP4, VIP6], &[&m1, &m2], 20_000).unwrap();
     let p4 = Pinger::start(&p.client, "udp", &format!("{VIP4}:53"), 5, 5000).unwrap();
     let p6 = Pinger::start(&p.client, "udp", &format!("[{VIP6}]:53"), 5, 5000).unwrap();
@@ -351,6 +380,16 @@ fn killing_the_owner_moves_the_vips_and_a_restarted_owner_stays_quiet() {
         );
     }
     assert_eq!(p.owner(3), Some(2));
+    p.wait_for(Duration::from_secs(5), "node 2's notify hook", |p| {
+        p.notified(2).contains("web backup master")
+    });
+    let ev = events.wait_with_output().unwrap();
+    let ev = String::from_utf8_lossy(&ev.stdout);
+    assert!(
+        ev.lines()
+            .any(|l| l.contains("\"assigned\"") && l.contains("owner node 1 -> node 2")),
+        "events: {ev}"
+    );
 
     // The old owner comes back: it rejoins as backup and announces nothing (preempt is off).
     let t_restart = mono_us();

@@ -194,22 +194,16 @@ impl PacketSocket {
         self.ifindex
     }
 
+    /// A handle that can replace this socket's filter from another thread.
+    pub fn filter_handle(&self) -> io::Result<FilterHandle> {
+        Ok(FilterHandle {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     /// Replaces the socket filter (atomically, in the kernel).
     pub fn set_filter(&self, prog: &[Insn]) -> io::Result<()> {
-        let filters: Vec<libc::sock_filter> = prog
-            .iter()
-            .map(|i| libc::sock_filter {
-                code: i.code,
-                jt: i.jt,
-                jf: i.jf,
-                k: i.k,
-            })
-            .collect();
-        let fprog = libc::sock_fprog {
-            len: filters.len() as u16,
-            filter: filters.as_ptr().cast_mut(),
-        };
-        setsockopt(&self.fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
+        attach_filter(&self.fd, prog)
     }
 
     /// Joins fanout group `group` (hash mode): flows are spread over the group's sockets.
@@ -288,6 +282,35 @@ impl PacketSocket {
         })?;
         Ok((st.tp_packets, st.tp_drops))
     }
+}
+
+/// Another descriptor of a receive socket, for replacing its filter while the packet thread
+/// owns the socket.
+pub struct FilterHandle {
+    fd: OwnedFd,
+}
+
+impl FilterHandle {
+    pub fn set_filter(&self, prog: &[Insn]) -> io::Result<()> {
+        attach_filter(&self.fd, prog)
+    }
+}
+
+fn attach_filter(fd: &OwnedFd, prog: &[Insn]) -> io::Result<()> {
+    let filters: Vec<libc::sock_filter> = prog
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: filters.len() as u16,
+        filter: filters.as_ptr().cast_mut(),
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
 impl Drop for PacketSocket {

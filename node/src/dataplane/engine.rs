@@ -110,6 +110,8 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
     /// For control frames (gratuitous ARP, unsolicited NA).
     control_tx: Mutex<TxSocket>,
+    /// The packet threads' socket filters, replaced by `apply` before it returns.
+    filters: Vec<afpacket::FilterHandle>,
 }
 
 /// One connection entry as `conn list` shows it.
@@ -239,6 +241,7 @@ impl Engine {
         // A fanout group id unique to this process and interface.
         let group = (std::process::id() as u16) ^ 0x5a5a;
         let mut threads = Vec::new();
+        let mut filters = Vec::new();
         for w in 0..cfg.workers {
             let rx = PacketSocket::open(&iface, RingConfig::default()).map_err(|source| {
                 EngineError::Socket {
@@ -251,6 +254,10 @@ impl Engine {
                     iface: iface.clone(),
                     source,
                 })?;
+            filters.push(rx.filter_handle().map_err(|source| EngineError::Socket {
+                iface: iface.clone(),
+                source,
+            })?);
             if cfg.workers > 1 {
                 rx.join_fanout(group)
                     .map_err(|source| EngineError::Socket {
@@ -308,6 +315,7 @@ impl Engine {
             shared,
             threads,
             control_tx,
+            filters,
         })
     }
 
@@ -326,6 +334,14 @@ impl Engine {
         let next = services::build(config, &prev, owned, answering, &self.shared.sched_cfg);
         self.shared.neigh.want(next.next_hops());
         let next = Arc::new(next);
+        // The filters first: a VIP gained here must reach the packet threads from the moment
+        // the caller announces it.
+        let prog = filter::build(&next.filter_spec());
+        for f in &self.filters {
+            if let Err(e) = f.set_filter(&prog) {
+                tracing::error!("socket filter: {e}");
+            }
+        }
         *self.shared.snap.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
         let generation = self.shared.generation.fetch_add(1, SeqCst) + 1;
         // Return only once no packet thread can act on the old snapshot any more: a VIP given
@@ -541,23 +557,10 @@ fn worker(sh: Arc<Shared>, index: usize, mut rx: PacketSocket, tx: TxSocket) {
         ptrs: [(std::ptr::null(), 0); TX_BATCH],
         n: 0,
     };
+    // `Engine::apply` replaces this socket's filter itself; the thread only follows snapshots.
     let mut seen_gen = 0u64;
-    let mut filter_gen = 0u64;
     let mut snap = sh.snap.read().unwrap_or_else(|e| e.into_inner()).clone();
     while !sh.stop.load(Relaxed) {
-        let g = sh.generation.load(SeqCst);
-        if g != seen_gen {
-            seen_gen = g;
-            snap = sh.snap.read().unwrap_or_else(|e| e.into_inner()).clone();
-        }
-        // The socket filter follows the snapshot this thread uses (which may also have been
-        // reloaded while a block was processed, below).
-        if filter_gen != seen_gen {
-            filter_gen = seen_gen;
-            if let Err(e) = rx.set_filter(&filter::build(&snap.filter_spec())) {
-                tracing::error!("socket filter: {e}");
-            }
-        }
         let block = match rx.next_block(100) {
             Ok(Some(b)) => b,
             Ok(None) => continue,

@@ -101,6 +101,9 @@ pub struct Snapshot {
     next_id: u32,
     /// Real servers removed from the config while flows may still use them.
     retired: HashMap<(u32, SocketAddr), Arc<Dest>>,
+    /// Every real server of the config, owned here or not: a backup keeps their MAC
+    /// addresses resolved, so it forwards from its first packet after a takeover.
+    hops: HashSet<IpAddr>,
 }
 
 impl Snapshot {
@@ -177,9 +180,9 @@ impl Snapshot {
 
     /// Real-server addresses the engine must resolve to MAC addresses.
     pub fn next_hops(&self) -> HashSet<IpAddr> {
-        self.services
+        self.hops
             .iter()
-            .flat_map(|s| s.reals.iter().map(|r| r.dest.addr().ip()))
+            .copied()
             .chain(self.retired.keys().map(|(_, a)| a.ip()))
             .collect()
     }
@@ -207,6 +210,7 @@ pub fn build(
     let prev_by_key: HashMap<&ServiceKey, &Arc<ServiceRt>> =
         prev.services.iter().map(|s| (&s.svc.key, s)).collect();
     for svc in config.services.values() {
+        next.hops.extend(svc.reals.keys().map(|a| a.ip()));
         let (proto, vip) = match (&svc.key.protocol(), svc.key.vip()) {
             (Some(p), Some(v)) => (proto_number(*p), v),
             _ => {

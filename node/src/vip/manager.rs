@@ -210,19 +210,21 @@ struct Lease {
     groups: BTreeSet<String>,
 }
 
-/// Director side: renew the lease; act on it.
+/// Director side: renew the lease; act on it. A witness (`director == false`) never renews,
+/// so it never holds anything; it still follows assignments for status and events.
 pub fn spawn_holder(
     cluster: Cluster,
     engine: Option<Arc<Engine>>,
     handle: VipHandle,
     timers: super::VipTimers,
     notify: Option<PathBuf>,
+    director: bool,
 ) {
     let lease = Arc::new(Mutex::new(Lease::default()));
     let renew_now = Arc::new(Notify::new());
     // Renewals: one at a time, every `renew`, or at once after a grant that took groups away
     // (so the leader learns quickly that they were dropped).
-    {
+    if director {
         let (cluster, lease, renew_now) = (cluster.clone(), lease.clone(), renew_now.clone());
         let timers = timers.clone();
         tokio::spawn(async move {

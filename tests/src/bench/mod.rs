@@ -102,12 +102,6 @@ pub struct CpuTimes {
     pub other: u64,
 }
 
-impl CpuTimes {
-    fn total(&self) -> u64 {
-        self.user + self.system + self.softirq + self.irq + self.idle + self.other
-    }
-}
-
 /// Per-CPU counters for `cpu0`, `cpu1`, ... in order.
 pub fn cpu_times() -> Vec<CpuTimes> {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -138,7 +132,9 @@ pub fn cpu_times() -> Vec<CpuTimes> {
 /// Shares of one CPU's time between two samples.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuUse {
-    /// Busy fraction (everything but idle and iowait), 0..=1.
+    /// Busy fraction, 0..=1: one minus idle (and iowait) time over wall time. With
+    /// NO_HZ_IDLE the kernel measures idle time exactly; the split below is sampled by the
+    /// scheduler tick.
     pub busy: f64,
     pub user: f64,
     pub system: f64,
@@ -146,16 +142,40 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
-    pub fn between(a: &CpuTimes, b: &CpuTimes) -> CpuUse {
-        let total = b.total().saturating_sub(a.total()).max(1) as f64;
-        let idle = b.idle.saturating_sub(a.idle) as f64;
+    pub fn between(a: &CpuTimes, b: &CpuTimes, wall_secs: f64) -> CpuUse {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let wall = (wall_secs * hz).max(1.0);
+        let share = |x: u64, y: u64| (y.saturating_sub(x) as f64 / wall).clamp(0.0, 1.0);
         CpuUse {
-            busy: (1.0 - idle / total).clamp(0.0, 1.0),
-            user: b.user.saturating_sub(a.user) as f64 / total,
-            system: b.system.saturating_sub(a.system) as f64 / total,
-            softirq: (b.softirq + b.irq).saturating_sub(a.softirq + a.irq) as f64 / total,
+            busy: 1.0 - share(a.idle, b.idle),
+            user: share(a.user, b.user),
+            system: share(a.system, b.system),
+            softirq: share(a.softirq + a.irq, b.softirq + b.irq),
         }
     }
+}
+
+/// A thread's scheduler times: (nanoseconds on a CPU, nanoseconds waiting on a run queue
+/// while ready), from `/proc/PID/task/TID/schedstat`. Without IRQ time accounting (this
+/// kernel) the time on CPU includes the softirqs that ran in the thread's context.
+pub fn task_times(pid: u32, tid: i32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    let mut it = s.split_whitespace();
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// The thread of process `pid` named `comm`.
+pub fn find_task(pid: u32, comm: &str) -> Option<i32> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for e in dir.flatten() {
+        let tid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let c = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if c.trim() == comm {
+            return Some(tid);
+        }
+    }
+    None
 }
 
 /// Median, minimum and maximum of some samples.

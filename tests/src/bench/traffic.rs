@@ -265,6 +265,7 @@ pub struct ForwarderSpec {
 /// of up to 64 out with `sendmmsg` — the engine's I/O pattern with no per-packet logic.
 pub struct Forwarder {
     stop: Arc<AtomicBool>,
+    tid: i32,
     handle: JoinHandle<Result<ForwarderReport>>,
 }
 
@@ -272,7 +273,7 @@ impl Forwarder {
     pub fn start(spec: ForwarderSpec) -> Result<Forwarder> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<i32>>();
         let handle = std::thread::Builder::new().name("bench-fwd".into()).spawn(
             move || -> Result<ForwarderReport> {
                 let setup = (|| {
@@ -290,7 +291,8 @@ impl Forwarder {
                 })();
                 let (mut rx, tx) = match setup {
                     Ok(s) => {
-                        let _ = ready_tx.send(Ok(()));
+                        // SAFETY: gettid has no preconditions.
+                        let _ = ready_tx.send(Ok(unsafe { libc::gettid() }));
                         s
                     }
                     Err(e) => {
@@ -333,13 +335,18 @@ impl Forwarder {
             },
         )?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Forwarder { stop, handle }),
+            Ok(Ok(tid)) => Ok(Forwarder { stop, tid, handle }),
             Ok(Err(e)) => {
                 let _ = handle.join();
                 Err(e)
             }
             Err(_) => Err(anyhow!("forwarder thread died during setup")),
         }
+    }
+
+    /// The forwarding thread's id (for its scheduler statistics).
+    pub fn tid(&self) -> i32 {
+        self.tid
     }
 
     pub fn stop(self) -> Result<ForwarderReport> {
