@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod drill;
 pub mod netns;
+pub mod pair;
 
 use std::net::TcpListener;
 use std::path::Path;

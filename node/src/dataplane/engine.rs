@@ -204,6 +204,10 @@ impl Engine {
             source,
         };
         afpacket::ifindex(&iface).map_err(ifname_err)?;
+        let sock_err = |source| EngineError::Socket {
+            iface: iface.clone(),
+            source,
+        };
         if sysctl_on(&format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
             || sysctl_on(&format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"))
             || sysctl_on("/proc/sys/net/ipv6/conf/all/forwarding")
@@ -250,49 +254,27 @@ impl Engine {
                 }
             })?;
             rx.set_filter(&filter::build(&filter::FilterSpec::default()))
-                .map_err(|source| EngineError::Socket {
-                    iface: iface.clone(),
-                    source,
-                })?;
-            filters.push(rx.filter_handle().map_err(|source| EngineError::Socket {
-                iface: iface.clone(),
-                source,
-            })?);
+                .map_err(sock_err)?;
+            filters.push(rx.filter_handle().map_err(sock_err)?);
             if cfg.workers > 1 {
-                rx.join_fanout(group)
-                    .map_err(|source| EngineError::Socket {
-                        iface: iface.clone(),
-                        source,
-                    })?;
+                rx.join_fanout(group).map_err(sock_err)?;
             }
-            let tx = TxSocket::open(&iface).map_err(|source| EngineError::Socket {
-                iface: iface.clone(),
-                source,
-            })?;
+            let tx = TxSocket::open(&iface).map_err(sock_err)?;
             let sh = shared.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("fulcrum-pkt{w}"))
                     .spawn(move || worker(sh, w as usize, rx, tx))
-                    .map_err(|source| EngineError::Socket {
-                        iface: iface.clone(),
-                        source,
-                    })?,
+                    .map_err(sock_err)?,
             );
         }
-        let tx = TxSocket::open(&iface).map_err(|source| EngineError::Socket {
-            iface: iface.clone(),
-            source,
-        })?;
+        let tx = TxSocket::open(&iface).map_err(sock_err)?;
         let sh = shared.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("fulcrum-house".into())
                 .spawn(move || housekeeping(sh, tx))
-                .map_err(|source| EngineError::Socket {
-                    iface: iface.clone(),
-                    source,
-                })?,
+                .map_err(sock_err)?,
         );
         tracing::info!(
             %iface,
@@ -304,13 +286,7 @@ impl Engine {
             max_connections = cfg.max_connections,
             "forwarding engine started"
         );
-        let control_tx =
-            Mutex::new(
-                TxSocket::open(&iface).map_err(|source| EngineError::Socket {
-                    iface: iface.clone(),
-                    source,
-                })?,
-            );
+        let control_tx = Mutex::new(TxSocket::open(&iface).map_err(sock_err)?);
         Ok(Engine {
             shared,
             threads,

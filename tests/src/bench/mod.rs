@@ -3,6 +3,7 @@
 
 pub mod conntable;
 pub mod engine;
+pub mod takeover;
 pub mod traffic;
 
 use std::os::fd::AsRawFd;

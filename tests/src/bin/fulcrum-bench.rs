@@ -254,6 +254,9 @@ fn main() -> Result<()> {
         "config" => tokio::runtime::Runtime::new()?.block_on(config_bench()),
         "engine" => fulcrum_tests::bench::engine::run(rest),
         "conntable" => fulcrum_tests::bench::conntable::run(rest),
-        other => bail!("unknown benchmark {other:?}; available: config, engine, conntable"),
+        "takeover" => fulcrum_tests::bench::takeover::run(rest),
+        other => {
+            bail!("unknown benchmark {other:?}; available: config, engine, conntable, takeover")
+        }
     }
 }
