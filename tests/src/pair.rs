@@ -24,11 +24,18 @@ pub struct Pair {
     pub wit: Host,
     procs: Vec<Option<usize>>,
     tmp: tempfile::TempDir,
+    /// More `[vip]` settings for every node, one per line.
+    vip_extra: String,
 }
 
 impl Pair {
     /// client .10, directors .11/.12 (ids 1, 2), witness .13 (id 3), real servers .33/.34.
     pub fn new(tag: &str, preempt: bool) -> Pair {
+        Pair::with_vip(tag, preempt, "")
+    }
+
+    /// As [`Pair::new`], with more `[vip]` settings (timers) for every node.
+    pub fn with_vip(tag: &str, preempt: bool, vip_extra: &str) -> Pair {
         assert!(
             drill::nft_available(),
             "nft not found: install nftables (.ci/run does)"
@@ -72,6 +79,7 @@ impl Pair {
             wit,
             procs: vec![None; 3],
             tmp,
+            vip_extra: vip_extra.to_string(),
         };
         for id in 1..=3 {
             pair.write_config(id);
@@ -161,6 +169,8 @@ address = "[2001:db8::22]:53"
             text.push_str("[engine]\ninterface = \"eth0\"\n");
         }
         text.push_str("[vip]\npreempt_delay_ms = 500\n");
+        text.push_str(&self.vip_extra);
+        text.push('\n');
         // keepalived-style notify hook: records its arguments.
         let hook = self.tmp.path().join(format!("notify{id}.sh"));
         let out = self.tmp.path().join(format!("notify{id}.out"));

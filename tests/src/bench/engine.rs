@@ -157,13 +157,27 @@ pub struct Opts {
     pub max_others: f64,
     /// ... at most this many times (then kept, flagged).
     pub retries: usize,
+    /// RPS of the director's eth0 to CPU1 in every configuration (else only for the kernel).
+    pub rps_all: bool,
+    /// Offered load in packets/s (default: as fast as the generator can).
+    pub rate: Option<f64>,
 }
 
 impl Opts {
     pub fn parse(args: &[String]) -> Result<Opts> {
         check_opts(
             args,
-            &["--seconds", "--warmup", "--runs", "--flows", "--modes"],
+            &[
+                "--seconds",
+                "--warmup",
+                "--runs",
+                "--flows",
+                "--modes",
+                "--max-others",
+                "--retries",
+                "--rps",
+                "--rate",
+            ],
         )?;
         let modes = match opt::<String>(args, "--modes")? {
             Some(list) => list
@@ -185,6 +199,12 @@ impl Opts {
             modes,
             max_others: opt::<f64>(args, "--max-others")?.unwrap_or(3.0) / 100.0,
             retries: opt(args, "--retries")?.unwrap_or(3),
+            rps_all: match opt::<String>(args, "--rps")?.as_deref() {
+                None | Some("kernel") => false,
+                Some("all") => true,
+                Some(other) => bail!("--rps all|kernel, not {other:?}"),
+            },
+            rate: opt(args, "--rate")?,
         };
         if !(0.5..=60.0).contains(&o.seconds) || !(0.0..=10.0).contains(&o.warmup) {
             bail!("--seconds must be 0.5..=60 and --warmup 0..=10");
@@ -199,8 +219,9 @@ impl Opts {
 /// How the director namespace is set up right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DirMode {
-    /// Forwarding off, netdev ingress drop of the benchmark traffic (after the taps).
-    Userspace,
+    /// Forwarding off, netdev ingress drop of the benchmark traffic (after the taps); RPS
+    /// of eth0 to CPU1 or not.
+    Userspace { rps: bool },
     /// Forwarding on, nft DNAT; RPS of eth0 to CPU1 or not.
     Kernel { rps: bool },
 }
@@ -213,6 +234,8 @@ struct Bed {
     dir_mac: Mac,
     tmp: tempfile::TempDir,
     dir_mode: DirMode,
+    /// RPS to CPU1 for the userspace configurations too.
+    rps_all: bool,
     fulcrumd: Option<(usize, PathBuf)>,
     engine_starts: usize,
 }
@@ -241,7 +264,7 @@ const DIR_DROP_NFT: &str = "fbdrop";
 const DIR_LB_NFT: &str = "fblb";
 
 impl Bed {
-    fn new() -> Result<Bed> {
+    fn new(rps_all: bool) -> Result<Bed> {
         let mut lab = Lab::new("bn")?;
         let (lan, dir) = lab.pair(("lan", 10), ("dir", 11))?;
         let tmp = tempfile::tempdir()?;
@@ -273,6 +296,7 @@ impl Bed {
             dir,
             tmp,
             dir_mode: DirMode::Kernel { rps: false },
+            rps_all,
             fulcrumd: None,
             engine_starts: 0,
         };
@@ -287,7 +311,7 @@ impl Bed {
              ip route add 198.51.100.0/24 dev eth0",
         )?;
         let mut bed = bed;
-        bed.set_dir_mode(DirMode::Userspace)?;
+        bed.set_dir_mode(bed.userspace())?;
         Ok(bed)
     }
 
@@ -299,18 +323,26 @@ impl Bed {
         Ok(())
     }
 
+    fn userspace(&self) -> DirMode {
+        DirMode::Userspace { rps: self.rps_all }
+    }
+
     fn set_dir_mode(&mut self, mode: DirMode) -> Result<()> {
         if self.dir_mode == mode {
             return Ok(());
         }
         match mode {
-            DirMode::Userspace => {
+            DirMode::Userspace { rps } => {
                 let _ = self.dir.sh(&format!("nft delete table ip {DIR_LB_NFT}"));
-                self.dir.sh(
+                let _ = self
+                    .dir
+                    .sh(&format!("nft delete table netdev {DIR_DROP_NFT}"));
+                self.dir.sh(&format!(
                     "sysctl -qw net.ipv4.ip_forward=0 net.ipv4.conf.all.forwarding=0 \
                      net.ipv4.conf.eth0.forwarding=0 && \
-                     echo 0 > /sys/class/net/eth0/queues/rx-0/rps_cpus",
-                )?;
+                     echo {} > /sys/class/net/eth0/queues/rx-0/rps_cpus",
+                    if rps { 1 << DUT_CPU } else { 0 }
+                ))?;
                 let drop = format!(
                     "table netdev {DIR_DROP_NFT} {{\n  chain in {{\n    type filter hook ingress device \"eth0\" priority 0;\n    \
                      ip daddr {VIP} meta l4proto udp counter drop\n  }}\n}}\n"
@@ -378,7 +410,7 @@ impl Bed {
         if self.fulcrumd.is_some() {
             return Ok(());
         }
-        self.set_dir_mode(DirMode::Userspace)?;
+        self.set_dir_mode(self.userspace())?;
         self.engine_starts += 1;
         let n = self.engine_starts;
         let data = self.tmp.path().join(format!("data{n}"));
@@ -470,7 +502,7 @@ impl Bed {
         match mode {
             Mode::Baseline => {
                 self.stop_engine();
-                self.set_dir_mode(DirMode::Userspace)
+                self.set_dir_mode(self.userspace())
             }
             Mode::EngineDr | Mode::EngineNat => self.start_engine(),
             Mode::NftDnat => {
@@ -690,7 +722,15 @@ fn run_once(bed: &Bed, mode: Mode, variant: u16, o: &Opts) -> Result<RunResult> 
             note.push_str(&format!("conntrack after flush: {left}; "));
         }
     }
-    let generator = Generator::start(&bed.lan.ns, "eth0", frames, Some(GEN_CPU), total, u64::MAX)?;
+    let generator = Generator::start(
+        &bed.lan.ns,
+        "eth0",
+        frames,
+        Some(GEN_CPU),
+        total,
+        u64::MAX,
+        o.rate,
+    )?;
     let started = Instant::now();
     sleep_until(started + Duration::from_secs_f64(o.warmup));
     let a = sample(bed, &generator, dut)?;
@@ -820,19 +860,32 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("load average before: {}", super::loadavg());
     println!(
         "traffic: 64-byte frames (60 B + FCS), UDP/IPv4 to {VIP}, {} flows ({} client addresses x 64 source ports), \
-         {} run(s) per configuration, {:.1} s measured after {:.1} s warm-up, rounds interleave the configurations",
+         {} run(s) per configuration, {:.1} s measured after {:.1} s warm-up, rounds interleave the configurations; \
+         offered load: {}",
         o.flows,
         o.flows.div_ceil(64),
         o.runs,
         o.seconds,
-        o.warmup
+        o.warmup,
+        match o.rate {
+            Some(r) => format!("{} pps (paced)", rate(r)),
+            None => "as fast as the generator can send".into(),
+        }
     );
     // This thread (and the processes it starts: nft, the CLI) stays off the core under test.
     pin_to_cpu(GEN_CPU)?;
-    let mut bed = Bed::new()?;
+    let mut bed = Bed::new(o.rps_all)?;
     println!(
         "topology: lan ns [generator CPU0, sink nft netdev ingress drop, rs1/rs2 macvlans answering ARP] \
          --veth-- dir ns [eth0, one-armed director under test on CPU1]"
+    );
+    println!(
+        "RPS of the director's eth0 to CPU1: {}",
+        if o.rps_all {
+            "every configuration (the director's receive work is on CPU1 for all)"
+        } else {
+            "kernel configuration only (AF_PACKET configurations receive on the generator's CPU0)"
+        }
     );
     for m in &o.modes {
         println!("  {:<15} {}", m.name(), m.describe());
@@ -887,9 +940,9 @@ pub fn run(args: &[String]) -> Result<()> {
 fn summarize(o: &Opts, results: &[RunResult]) {
     println!();
     println!(
-        "| configuration | forwarded pps, median [min–max] | generator pps | loss | CPU0 busy | CPU1 busy (usr/sys/si) | forwarder CPU ns/packet [min–max] | = packets/s per core | others on CPU1 |"
+        "| configuration | forwarded pps, median [min–max] | generator pps | loss | CPU0 busy | CPU1 busy | CPU1 ns/packet | forwarder CPU ns/packet [min–max] | = packets/s per core | others on CPU1 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let of = |m: Mode| -> Vec<&RunResult> { results.iter().filter(|r| r.mode == m).collect() };
     let med = |v: &[&RunResult], f: fn(&RunResult) -> f64| -> Spread {
         Spread::of(&v.iter().map(|r| f(r)).collect::<Vec<_>>())
@@ -902,7 +955,7 @@ fn summarize(o: &Opts, results: &[RunResult]) {
         let fwd = med(&v, |r| r.fwd_pps);
         let ns = med(&v, |r| r.fwd_ns_per_pkt);
         println!(
-            "| {} | **{}** [{}–{}] | {} | {:.1} % | {} | {} ({}/{}/{}) | {:.0} [{:.0}–{:.0}] | {} | {:.1} % |",
+            "| {} | **{}** [{}–{}] | {} | {:.1} % | {} | {} | {:.0} | {:.0} [{:.0}–{:.0}] | {} | {:.1} % |",
             m.name(),
             rate(fwd.median),
             rate(fwd.min),
@@ -911,9 +964,7 @@ fn summarize(o: &Opts, results: &[RunResult]) {
             med(&v, |r| r.loss).median * 100.0,
             pct(med(&v, |r| r.cpu0.busy).median),
             pct(med(&v, |r| r.cpu1.busy).median),
-            pct(med(&v, |r| r.cpu1.user).median),
-            pct(med(&v, |r| r.cpu1.system).median),
-            pct(med(&v, |r| r.cpu1.softirq).median),
+            med(&v, |r| r.cpu1_ns_per_pkt).median,
             ns.median,
             ns.min,
             ns.max,
@@ -966,6 +1017,28 @@ fn summarize(o: &Opts, results: &[RunResult]) {
             &format!("  {} / baseline", e.name()),
             "   goal >= 0.80",
         );
+    }
+    if o.rps_all {
+        println!(
+            "ratios of CPU1 time per packet, other / engine (like for like: every configuration \
+             receives, forwards and hands to the sink on CPU1; > 1 = the engine is cheaper):"
+        );
+        for e in [Mode::EngineDr, Mode::EngineNat] {
+            for other in [Mode::Baseline, Mode::NftDnat] {
+                ratio(
+                    e,
+                    other,
+                    |r| 1.0 / r.cpu1_ns_per_pkt,
+                    &format!("  {} vs {}", e.name(), other.name()),
+                    if other == Mode::Baseline {
+                        "   goal >= 0.80"
+                    } else {
+                        "   goal >= 1.00"
+                    },
+                );
+            }
+        }
+        return;
     }
     for e in [Mode::EngineDr, Mode::EngineNat] {
         ratio(

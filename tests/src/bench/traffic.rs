@@ -128,7 +128,7 @@ pub struct GenReport {
 }
 
 /// A sending thread: cycles through `frames` in batches of [`TX_BATCH`] until it has sent
-/// `max_packets` or run `max_time`, or is stopped.
+/// `max_packets` or run `max_time`, or is stopped; as fast as it can, or paced to a rate.
 pub struct Generator {
     sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -136,8 +136,9 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// Starts sending on `ifname` inside namespace `ns`, pinned to `cpu` if given. Returns
-    /// once the socket is open (so setup errors surface here).
+    /// Starts sending on `ifname` inside namespace `ns`, pinned to `cpu` if given, at most
+    /// `rate` packets per second if given. Returns once the socket is open (so setup errors
+    /// surface here).
     pub fn start(
         ns: &str,
         ifname: &str,
@@ -145,6 +146,7 @@ impl Generator {
         cpu: Option<usize>,
         max_time: Duration,
         max_packets: u64,
+        rate: Option<f64>,
     ) -> Result<Generator> {
         if frames.is_empty() {
             bail!("no frames to send");
@@ -189,6 +191,22 @@ impl Generator {
                     next = (next + frames.len() - (n - s) % frames.len()) % frames.len();
                     total += s as u64;
                     sent2.store(total, Relaxed);
+                    if let Some(r) = rate {
+                        // Paced: wait until this many packets are due (sleep when the wait is
+                        // long enough for the timer, spin otherwise).
+                        let due = start + Duration::from_secs_f64(total as f64 / r);
+                        loop {
+                            let now = Instant::now();
+                            if now >= due {
+                                break;
+                            }
+                            if due - now > Duration::from_micros(200) {
+                                std::thread::sleep(due - now - Duration::from_micros(100));
+                            } else {
+                                std::hint::spin_loop();
+                            }
+                        }
+                    }
                 }
                 Ok(GenReport {
                     sent: total,
@@ -233,6 +251,7 @@ pub fn send_once(ns: &str, ifname: &str, frames: &[Frame]) -> Result<u64> {
         None,
         Duration::from_secs(2),
         frames.len() as u64,
+        None,
     )?;
     Ok(g.join()?.sent)
 }
