@@ -166,6 +166,20 @@ pub fn task_times(pid: u32, tid: i32) -> Option<(u64, u64)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
+/// The process named `comm` (the first found).
+pub fn find_process(comm: &str) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let c = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if c.trim() == comm {
+            return Some(pid);
+        }
+    }
+    None
+}
+
 /// The thread of process `pid` named `comm`.
 pub fn find_task(pid: u32, comm: &str) -> Option<i32> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
