@@ -9,6 +9,7 @@ use anyhow::Context;
 use anyhow::bail;
 use fulcrum_proto::raft::raft_server::RaftServer;
 use fulcrum_proto::v1::JoinRequest;
+use fulcrum_proto::v1::LeaveRequest;
 use fulcrum_proto::v1::cluster_client::ClusterClient;
 use fulcrum_proto::v1::cluster_server::ClusterServer;
 use fulcrum_proto::v1::config_server::ConfigServer;
@@ -120,6 +121,12 @@ impl Node {
             None => None,
         };
 
+        // A node joining with an empty data dir stays out of Raft until its old membership (if
+        // its id had one) is gone; see `RaftService`.
+        let initialized = raft.is_initialized().await.context("raft stopped")?;
+        let raft_open = Arc::new(std::sync::atomic::AtomicBool::new(
+            initialized || cfg.join.is_none(),
+        ));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
@@ -127,7 +134,7 @@ impl Node {
         let stop = CancellationToken::new();
         let server = {
             let stop = stop.clone();
-            let raft_svc = RaftServer::new(RaftService::new(cluster.clone()))
+            let raft_svc = RaftServer::new(RaftService::new(cluster.clone(), raft_open.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let cluster_svc = ClusterServer::new(ClusterApi::new(
@@ -174,13 +181,19 @@ impl Node {
             stop,
             server,
         };
-        node.bootstrap_or_join(&cfg, &peers).await?;
+        node.bootstrap_or_join(&cfg, &peers, &raft_open).await?;
         Ok(node)
     }
 
-    async fn bootstrap_or_join(&self, cfg: &NodeConfig, peers: &Peers) -> anyhow::Result<()> {
-        let initialized = self.raft.is_initialized().await.context("raft stopped")?;
-        if initialized {
+    async fn bootstrap_or_join(
+        &self,
+        cfg: &NodeConfig,
+        peers: &Peers,
+        raft_open: &std::sync::atomic::AtomicBool,
+    ) -> anyhow::Result<()> {
+        if raft_open.load(std::sync::atomic::Ordering::Acquire)
+            && self.raft.is_initialized().await.context("raft stopped")?
+        {
             if cfg.bootstrap.is_some() || cfg.join.is_some() {
                 tracing::info!(
                     "data dir already holds cluster state; ignoring bootstrap/join settings"
@@ -207,7 +220,7 @@ impl Node {
                 .await
                 .context("initializing the cluster")?;
         } else if let Some(join) = &cfg.join {
-            self.join_through(join, cfg, peers).await?;
+            self.join_through(join, cfg, peers, raft_open).await?;
         } else {
             tracing::warn!(
                 "this node is not part of a cluster yet: start it with `bootstrap`, `join`, or add it with `fulcrum cluster join`"
@@ -222,7 +235,47 @@ impl Node {
         join: &str,
         cfg: &NodeConfig,
         peers: &Peers,
+        raft_open: &std::sync::atomic::AtomicBool,
     ) -> anyhow::Result<()> {
+        // With an empty data dir, a membership under our id belongs to a node that lost its
+        // state: remove it first, then take part in Raft, then join afresh.
+        let mut last = String::new();
+        let mut left = false;
+        for _ in 0..100 {
+            let mut client =
+                ClusterClient::new(peers.channel(join).map_err(|e| anyhow::anyhow!("{e}"))?);
+            match client.leave(LeaveRequest { id: cfg.id }).await {
+                Ok(_) => {
+                    tracing::info!(
+                        id = cfg.id,
+                        "removed this node's old membership before re-joining"
+                    );
+                    left = true;
+                    break;
+                }
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    left = true;
+                    break;
+                }
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    ) =>
+                {
+                    last = s.message().to_string();
+                }
+                Err(s) => bail!(
+                    "re-joining through {join}: removing the old membership: {}",
+                    s.message()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !left {
+            bail!("joining through {join}: gave up: {last}");
+        }
+        raft_open.store(true, std::sync::atomic::Ordering::Release);
         let req = JoinRequest {
             id: cfg.id,
             addr: cfg.advertise.clone(),

@@ -198,7 +198,13 @@ async fn wiped_node_catches_up_from_a_snapshot_and_dead_member_is_replaced() {
     std::fs::remove_dir_all(&c.node(victim).data_dir).unwrap();
     let join = c.node(leader).addr.clone();
     c.node(victim).start(&["--join", &join]).unwrap();
-    c.wait_applied(victim, s.applied_index, T).await.unwrap();
+    if let Err(e) = c.wait_applied(victim, s.applied_index, T).await {
+        panic!(
+            "{e}\n--- victim\n{}\n--- leader\n{}",
+            c.node(victim).log(),
+            c.node(leader).log()
+        );
+    }
     let vs = c.status(victim).await.unwrap();
     assert!(
         vs.snapshot_index.is_some(),

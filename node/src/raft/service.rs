@@ -1,5 +1,9 @@
 //! The server side of the Raft transport (`fulcrum.raft.v1.Raft`).
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+
 use fulcrum_proto::raft::RaftPayload;
 use fulcrum_proto::raft::SnapshotChunk;
 use fulcrum_proto::raft::raft_server::Raft as RaftRpc;
@@ -24,11 +28,25 @@ const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 
 pub struct RaftService {
     cluster: Cluster,
+    /// Closed while a node that lost its data re-joins: until its old membership is gone, a
+    /// leader's replication to it would find its log "reverted" (which openraft refuses), and
+    /// it must not vote with a vote it has forgotten.
+    open: Arc<AtomicBool>,
 }
 
 impl RaftService {
-    pub fn new(cluster: Cluster) -> Self {
-        RaftService { cluster }
+    pub fn new(cluster: Cluster, open: Arc<AtomicBool>) -> Self {
+        RaftService { cluster, open }
+    }
+
+    fn gate(&self) -> Result<(), Status> {
+        if self.open.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Status::unavailable(
+                "this node is re-joining the cluster and takes no part in Raft yet",
+            ))
+        }
     }
 }
 
@@ -49,6 +67,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.gate()?;
         let req: AppendEntriesRequest = codec::decode(&request.into_inner().data)?;
         let resp = self
             .cluster
@@ -60,6 +79,7 @@ impl RaftRpc for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.gate()?;
         let req: VoteRequest = codec::decode(&request.into_inner().data)?;
         let resp = self.cluster.raft().vote(req).await.map_err(fatal)?;
         reply(&resp)
@@ -69,6 +89,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.gate()?;
         let mut stream = request.into_inner();
         let first = stream
             .next()
@@ -100,6 +121,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.gate()?;
         let req: TransferLeaderRequest = codec::decode(&request.into_inner().data)?;
         let resp = self
             .cluster
@@ -114,6 +136,7 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.gate()?;
         let req: Forwarded = codec::decode(&request.into_inner().data)?;
         let resp = self.cluster.handle_forwarded(req).await;
         reply(&resp)
