@@ -317,6 +317,38 @@ impl Bed {
         idx
     }
 
+    /// Starts `count` long-lived TCP connections from the client through the DR VIP, exchanging
+    /// a line every 100 ms for `seconds` (`fulcrum-testsrv hold`); read the report with
+    /// `lab.read_line`.
+    fn hold(&mut self, count: u32, seconds: u32, timeout_ms: u32) -> usize {
+        let client = self.client.clone();
+        let (target, count, seconds, timeout) = (
+            format!("{VIP_DR}:80"),
+            count.to_string(),
+            seconds.to_string(),
+            timeout_ms.to_string(),
+        );
+        self.lab
+            .spawn(
+                &client,
+                &bin(fulcrum_tests::testsrv_bin()),
+                &[
+                    "hold",
+                    "--tcp",
+                    &target,
+                    "--count",
+                    &count,
+                    "--seconds",
+                    &seconds,
+                    "--interval-ms",
+                    "100",
+                    "--timeout-ms",
+                    &timeout,
+                ],
+            )
+            .unwrap()
+    }
+
     /// The client's kernel's view of the path MTU to `vip`.
     fn route_mtu(&self, vip: &str) -> String {
         self.client.sh(&format!("ip route get {vip}")).unwrap()
@@ -487,25 +519,7 @@ fn quiesced_real_server_keeps_its_flows_and_gets_no_new_ones() {
     bed.apply(&config("dr", VIP_DR, VIP_DR6, 80, "rr", 1, 1));
     bed.probe_ok("--tcp", &format!("{VIP_DR}:80"), 2);
     // Long-lived flows, half of them on rs2 (rr).
-    let client = bed.client.clone();
-    let hold = bed
-        .lab
-        .spawn(
-            &client,
-            &bin(fulcrum_tests::testsrv_bin()),
-            &[
-                "hold",
-                "--tcp",
-                &format!("{VIP_DR}:80"),
-                "--count",
-                "6",
-                "--seconds",
-                "6",
-                "--interval-ms",
-                "100",
-            ],
-        )
-        .unwrap();
+    let hold = bed.hold(6, 6, 2000);
     std::thread::sleep(Duration::from_secs(2));
     let o = bed.cli(&[
         "real",
@@ -584,27 +598,7 @@ fn removed_real_server_flows_follow_expire_nodest_conn() {
         let mut bed = Bed::with(tag, &format!("expire_nodest_conn = {expire}"));
         bed.apply(&config("dr", VIP_DR, VIP_DR6, 80, "rr", 1, 1));
         bed.probe_ok("--tcp", &format!("{VIP_DR}:80"), 2);
-        let client = bed.client.clone();
-        let hold = bed
-            .lab
-            .spawn(
-                &client,
-                &bin(fulcrum_tests::testsrv_bin()),
-                &[
-                    "hold",
-                    "--tcp",
-                    &format!("{VIP_DR}:80"),
-                    "--count",
-                    "4",
-                    "--seconds",
-                    "5",
-                    "--interval-ms",
-                    "100",
-                    "--timeout-ms",
-                    "1500",
-                ],
-            )
-            .unwrap();
+        let hold = bed.hold(4, 5, 1500);
         std::thread::sleep(Duration::from_secs(2));
         let o = bed.cli(&[
             "real",
