@@ -15,6 +15,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use etherparse::NetSlice;
+
+use super::packet;
 use etherparse::SlicedPacket;
 
 pub type Mac = [u8; 6];
@@ -212,21 +214,8 @@ pub fn neighbour_solicitation(src_mac: Mac, src_ip: Ipv6Addr, target: Ipv6Addr) 
 }
 
 fn icmpv6_checksum(src: &Ipv6Addr, dst: &Ipv6Addr, msg: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |b: &[u8]| {
-        for c in b.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    add(&(msg.len() as u32).to_be_bytes());
-    add(&[0, 0, 0, 58]);
-    add(msg);
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+    let acc = packet::pseudo_header_v6(src.octets(), dst.octets(), 58, msg.len());
+    packet::checksum_finish(packet::sum_bytes(acc, msg))
 }
 
 #[cfg(test)]

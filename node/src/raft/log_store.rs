@@ -278,18 +278,9 @@ impl Disk {
     fn write_meta(&mut self, name: &str, payload: &[u8]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(RECORD_HEADER_LEN + payload.len());
         push_record(&mut buf, payload)?;
+        // `write_atomic` uses the same `<name>.tmp` that `open` cleans up after a crash.
         self.io(name, |d| {
-            let tmp = d.dir.join(format!("{name}{TMP_SUFFIX}"));
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, d.dir.join(name))?;
-            d.dir_fd.sync_all()
+            crate::fsutil::write_atomic(&d.dir.join(name), &buf)
         })
     }
 

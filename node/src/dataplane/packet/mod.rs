@@ -60,7 +60,7 @@ pub use build::{
     IcmpErrorReply, MIN_FRAME_LEN, build_arp_reply, build_frag_needed, build_gratuitous_arp,
     build_icmp_error, build_neighbor_advertisement, build_packet_too_big, build_unsolicited_na,
 };
-pub use checksum::{Crc32c, Delta, crc32c};
+pub use checksum::{Crc32c, Delta, crc32c, finish as checksum_finish, pseudo_header_v6, sum_bytes};
 pub use classify::{
     Arp, ETH_HEADER_LEN, Ethernet, Fragment, Icmp, IcmpError, IcmpKind, Inner, Ip, IpVersion, L4,
     MAX_IPV6_EXT_HEADERS, Net, Packet, Ports, Sctp, Tcp, TcpFlags, Udp, VLAN_TAG_LEN, classify,
