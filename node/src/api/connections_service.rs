@@ -41,11 +41,6 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-/// `addr:port` with IPv6 in brackets, as everywhere in the CLI.
-fn sock(a: std::net::SocketAddr) -> String {
-    a.to_string()
-}
-
 #[tonic::async_trait]
 impl ConnectionsRpc for ConnectionsApi {
     async fn list(
@@ -72,9 +67,9 @@ impl ConnectionsRpc for ConnectionsApi {
                 let e = &c.entry;
                 pb::Connection {
                     protocol: proto_name(e.protocol()),
-                    client: sock(e.client()),
-                    virtual_addr: sock(e.virtual_addr()),
-                    real: sock(e.dest()),
+                    client: e.client().to_string(),
+                    virtual_addr: e.virtual_addr().to_string(),
+                    real: e.dest().to_string(),
                     state: e.state_name().to_string(),
                     expires_in_secs: c.expires_in,
                     forward: forward_name(e.fwd_method()).into(),

@@ -272,6 +272,7 @@ pub fn spawn_holder(
         let mut forwarding: BTreeSet<String> = BTreeSet::new();
         let mut owners_seen: BTreeMap<String, Option<u64>> = BTreeMap::new();
         let mut applied_seen = u64::MAX;
+        let mut config = Arc::new(crate::model::ClusterConfig::default());
         let mut last_refresh = Instant::now();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -283,9 +284,10 @@ pub fn spawn_holder(
             let now = Instant::now();
             let l = lease.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let valid = l.until.is_some_and(|u| now < u);
-            let (config, owners, applied) = cluster.with_applied(|a| {
+            // The config is copied only when something was applied since the last copy.
+            let (fresh, owners, applied) = cluster.with_applied(|a| {
                 (
-                    a.state.config.clone(),
+                    (a.applied_index() != applied_seen).then(|| a.state.config.clone()),
                     a.state
                         .owners
                         .iter()
@@ -294,6 +296,9 @@ pub fn spawn_holder(
                     a.applied_index(),
                 )
             });
+            if let Some(c) = fresh {
+                config = Arc::new(c);
+            }
             // Held: granted by a live lease AND named owner in the applied state.
             let may: BTreeSet<String> = if valid {
                 l.groups
@@ -346,7 +351,7 @@ pub fn spawn_holder(
                     let answering = vips_for(&config, &may);
                     let forwarded = vips_for(&config, &forwarding);
                     let engine = engine.clone();
-                    let cfg = config.clone();
+                    let cfg = Arc::clone(&config);
                     // One atomic swap: stops answering for lost groups, starts for gained ones.
                     let _ = tokio::task::spawn_blocking(move || {
                         engine.apply(&cfg, &forwarded, &answering)
