@@ -253,14 +253,10 @@ impl Cluster {
     /// Renews this director's VIP lease with the leader (one attempt, no retry: the caller
     /// renews again soon, and a lease must not be stretched by retries).
     pub async fn renew_lease(&self) -> Result<crate::vip::Grant, ClusterError> {
-        let req = Forwarded::RenewLease { node: self.id };
-        let leader = self.raft.metrics().borrow_watched().current_leader;
-        let reply = match leader {
-            Some(l) if l == self.id => self.handle_forwarded(req).await,
-            Some(l) => self.forward_to(l, &req).await,
-            None => Err(ClusterError::Unavailable("no leader".into())),
-        };
-        match reply? {
+        match self
+            .on_current_leader(&Forwarded::RenewLease { node: self.id })
+            .await?
+        {
             ForwardedOk::Lease(g) => Ok(g),
             other => Err(ClusterError::Internal(format!(
                 "unexpected reply {other:?}"
@@ -287,12 +283,7 @@ impl Cluster {
     async fn on_leader(&self, req: Forwarded) -> Result<ForwardedOk, ClusterError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
-            let leader = self.raft.metrics().borrow_watched().current_leader;
-            let result = match leader {
-                Some(l) if l == self.id => self.handle_forwarded(req.clone()).await,
-                Some(l) => self.forward_to(l, &req).await,
-                None => Err(ClusterError::Unavailable("no leader elected".into())),
-            };
+            let result = self.on_current_leader(&req).await;
             let retryable = matches!(
                 result,
                 Err(ClusterError::NotLeader(_) | ClusterError::Unavailable(_))
@@ -309,6 +300,16 @@ impl Cluster {
                 };
             }
             tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    /// One attempt at running `req` on the leader this node knows of.
+    async fn on_current_leader(&self, req: &Forwarded) -> ForwardedReply {
+        let leader = self.raft.metrics().borrow_watched().current_leader;
+        match leader {
+            Some(l) if l == self.id => self.handle_forwarded(req.clone()).await,
+            Some(l) => self.forward_to(l, req).await,
+            None => Err(ClusterError::Unavailable("no leader elected".into())),
         }
     }
 
