@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/fulcrum/v1/control.proto",
         "proto/fulcrum/raft/v1/raft.proto",
+        "proto/fulcrum/sync/v1/sync.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()

@@ -11,3 +11,9 @@ pub mod raft {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("fulcrum.raft.v1");
 }
+
+/// Connection-table replication between directors.
+pub mod sync {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("fulcrum.sync.v1");
+}

@@ -88,7 +88,7 @@ impl FwdMethod {
 ///
 /// Layout (92 bytes, `repr(C)`, no padding): key 38 | dport 2 | daddr 16 | expires 4 |
 /// timeout 4 | service 4 | fwmark 4 | n_control 4 | flags 2 | state 1 | dfamily 1 |
-/// persist prefix 1 | persist kind 1 | origin 1 | pe 1 | client MAC 6 | reserved 2.
+/// persist prefix 1 | persist kind 1 | origin 1 | pe 1 | client MAC 6 | synced-at 2.
 ///
 /// Times are whole seconds on the caller's coarse clock (see `CoarseClock`): `expires` is the
 /// last second the entry is alive, so it is removed once `now > expires` — never before its
@@ -116,7 +116,8 @@ pub struct ConnEntry {
     /// The link-layer source the flow's packets arrive from (the client, or its router):
     /// NAT replies go back to it.
     client_mac: [u8; 6],
-    reserved: [u8; 2],
+    /// Low 16 bits of the second this entry last went to the sync stream (see `sync_due`).
+    synced_at: u16,
 }
 
 const _: () = assert!(std::mem::size_of::<ConnEntry>() == 92);
@@ -154,7 +155,7 @@ impl ConnEntry {
             origin: 0,
             pe: 0,
             client_mac: [0; 6],
-            reserved: [0; 2],
+            synced_at: 0,
         }
     }
 
@@ -287,6 +288,11 @@ impl ConnEntry {
         }
     }
 
+    /// Whether `state` exists for this entry's protocol (and kind: templates have one state).
+    pub fn state_in_range(&self, state: u8) -> bool {
+        state < state_count(self.key.proto, self.is_template())
+    }
+
     /// Last second (on the table clock) this entry is alive.
     pub fn expires(&self) -> u32 {
         self.expires
@@ -409,6 +415,32 @@ impl ConnEntry {
         Ok(())
     }
 
+    /// Whether this entry must be replicated now, after `change` at second `now`; if so it is
+    /// stamped as synced. Due: on any state change; when the entry was replicated from a
+    /// peer and now carries traffic here (a takeover adopts it: it becomes local); and when
+    /// its deadline has moved on by a refresh period since the last sync, so a backup's copy
+    /// never expires long before the owner's. One-packet flows are never synced (IPVS).
+    pub(crate) fn sync_due(&mut self, change: &StateChange, now: u32) -> bool {
+        if self.flags & flags::ONE_PACKET != 0 {
+            return false;
+        }
+        let adopted = self.origin != 0;
+        if adopted {
+            self.set_local();
+        }
+        let elapsed = (now as u16).wrapping_sub(self.synced_at);
+        let due = adopted || change.changed() || u32::from(elapsed) >= refresh_period(self.timeout);
+        if due {
+            self.synced_at = now as u16;
+        }
+        due
+    }
+
+    /// Stamps a new entry as synced at `now` (the caller replicates it right away).
+    pub(crate) fn mark_synced(&mut self, now: u32) {
+        self.synced_at = now as u16;
+    }
+
     /// NAT connections are found by their replies too.
     pub(crate) fn in_reverse_index(&self) -> bool {
         !self.is_template() && self.flags & flags::FWD_MASK == flags::MASQ
@@ -432,6 +464,7 @@ impl ConnEntry {
                 old,
                 new: old,
                 activity: Activity::Unchanged,
+                sync: false,
             };
         }
         let was_active = self.is_active();
@@ -456,6 +489,7 @@ impl ConnEntry {
             old,
             new: self.state,
             activity: activity(was_active, self.is_active()),
+            sync: false,
         }
     }
 
@@ -474,6 +508,7 @@ impl ConnEntry {
             old,
             new: self.state,
             activity: activity(was_active, self.is_active()),
+            sync: false,
         }
     }
 
@@ -496,7 +531,7 @@ impl ConnEntry {
             origin: 0,
             pe: 0,
             client_mac: [0; 6],
-            reserved: [0; 2],
+            synced_at: 0,
         }
     }
 
@@ -510,6 +545,20 @@ impl ConnEntry {
 
     pub(crate) fn dest_ip(&self) -> IpAddr {
         raw_to_ip(self.dest_family(), &self.daddr)
+    }
+}
+
+/// How long a flow's deadline may run ahead of its backups' copies: an eighth of its
+/// timeout, between 1 s and 60 s (a 900 s established TCP flow refreshes at most once a
+/// minute, a busy UDP flow with 300 s every 37 s).
+pub const fn refresh_period(timeout: u32) -> u32 {
+    let p = timeout / 8;
+    if p < 1 {
+        1
+    } else if p > 60 {
+        60
+    } else {
+        p
     }
 }
 

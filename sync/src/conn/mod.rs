@@ -21,9 +21,9 @@ mod timeouts;
 #[cfg(test)]
 mod tests;
 
-pub use addr::Family;
+pub use addr::{Family, raw_to_ip};
 pub use clock::CoarseClock;
-pub use entry::{ConnEntry, FwdMethod, flags};
+pub use entry::{ConnEntry, FwdMethod, flags, refresh_period};
 pub use key::{ConnKey, PersistKind, Persistence, ReplyKey, TemplateTarget};
 pub use state::{Activity, Direction, SctpState, StateChange, TcpState, proto, tcp_flags};
 pub use table::{

@@ -328,6 +328,9 @@ pub struct StateChange {
     pub new: u8,
     /// What the engine must do to the real server's active/inactive counters.
     pub activity: Activity,
+    /// The entry must go to the backups now (new state, refresh due, or adopted after a
+    /// takeover); set by the table, which stamps the entry when it says so.
+    pub sync: bool,
 }
 
 impl StateChange {

@@ -394,7 +394,10 @@ impl ConnTable {
         now: u32,
     ) -> Result<(ConnEntry, StateChange), InsertError> {
         let mut e = entry;
-        let change = e.apply_packet(Direction::Input, tcp_flags, now, &self.timeouts);
+        let mut change = e.apply_packet(Direction::Input, tcp_flags, now, &self.timeouts);
+        // New flows go to the backups from their first packet, half-open ones included.
+        e.mark_synced(now);
+        change.sync = true;
         self.insert_inner(e, Some(now))?;
         Ok((e, change))
     }
@@ -541,7 +544,8 @@ impl ConnTable {
         let mut sh = self.lock(self.shard_of(h1));
         let (_, s) = sh.find(hf, key)?;
         let e = sh.get_mut(s);
-        let change = e.apply_packet(dir, tcp_flags, now, &self.timeouts);
+        let mut change = e.apply_packet(dir, tcp_flags, now, &self.timeouts);
+        change.sync = e.sync_due(&change, now);
         Some((*e, change))
     }
 
@@ -558,7 +562,8 @@ impl ConnTable {
         let mut sh = self.lock(self.shard_of(h1));
         let (_, s) = sh.find_reply(hr, key)?;
         let e = sh.get_mut(s);
-        let change = e.apply_packet(Direction::Output, tcp_flags, now, &self.timeouts);
+        let mut change = e.apply_packet(Direction::Output, tcp_flags, now, &self.timeouts);
+        change.sync = e.sync_due(&change, now);
         Some((*e, change))
     }
 
@@ -578,7 +583,8 @@ impl ConnTable {
         let mut sh = self.lock(self.shard_of(h1));
         let (_, s) = sh.find(hf, key)?;
         let e = sh.get_mut(s);
-        let change = e.apply_state(state, now, &self.timeouts);
+        let mut change = e.apply_state(state, now, &self.timeouts);
+        change.sync = e.sync_due(&change, now);
         Some((*e, change))
     }
 

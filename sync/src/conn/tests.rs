@@ -933,3 +933,49 @@ fn packet_path_never_allocates() {
     t.expire(10_000, usize::MAX, &mut swept);
     assert!(t.is_empty());
 }
+
+#[test]
+fn sync_is_due_on_new_flows_state_changes_refreshes_and_adoption() {
+    let t = table(64);
+    let k = tcp_key(4000);
+    let e = ConnEntry::new(k, sa("10.0.0.2:80"), FwdMethod::DirectRoute, 1);
+    let (_, c) = t.insert_on_packet(e, SYN, 100).unwrap();
+    assert!(c.sync, "a half-open flow is synced from its first packet");
+    // Same state, same second: nothing new for the backups.
+    let (_, c) = t.update_on_packet(&k, Direction::Input, SYN, 100).unwrap();
+    assert!(!c.sync);
+    let (_, c) = t.update_on_packet(&k, Direction::Input, ACK, 101).unwrap();
+    assert!(c.sync, "SYN_RECV -> ESTABLISHED is a state change");
+    let (e, c) = t.update_on_packet(&k, Direction::Input, ACK, 102).unwrap();
+    assert!(!c.sync);
+    // Established (900 s): refreshed once a minute while traffic flows.
+    let period = super::entry::refresh_period(e.timeout());
+    assert_eq!(period, 60);
+    let (_, c) = t
+        .update_on_packet(&k, Direction::Input, ACK, 101 + 59)
+        .unwrap();
+    assert!(!c.sync);
+    let (_, c) = t
+        .update_on_packet(&k, Direction::Input, ACK, 101 + 60)
+        .unwrap();
+    assert!(c.sync);
+    let (_, c) = t
+        .update_on_packet(&k, Direction::Input, ACK, 101 + 61)
+        .unwrap();
+    assert!(!c.sync);
+    // A replicated entry that sees traffic here was taken over: it becomes local and goes out.
+    let mut synced = t.lookup(&k).unwrap();
+    synced.set_synced_from(2);
+    t.upsert(synced).unwrap();
+    let (e, c) = t.update_on_packet(&k, Direction::Input, ACK, 170).unwrap();
+    assert!(c.sync);
+    assert_eq!(e.origin(), 0);
+    assert!(!e.has_flag(flags::SYNC));
+    // One-packet flows never are.
+    let k2 = tcp_key(4001);
+    let mut e = ConnEntry::new(k2, sa("10.0.0.2:80"), FwdMethod::DirectRoute, 1);
+    e.set_flags(e.flags() | flags::ONE_PACKET);
+    t.insert_on_packet(e, SYN, 100).unwrap();
+    let (_, c) = t.update_on_packet(&k2, Direction::Input, ACK, 101).unwrap();
+    assert!(!c.sync);
+}
