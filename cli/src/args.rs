@@ -84,6 +84,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ConnCmd,
     },
+    /// Connection sync between directors, as the node asked sees it.
+    Sync {
+        #[command(subcommand)]
+        cmd: SyncCmd,
+    },
     /// Replace the whole service configuration with a declarative TOML file, atomically.
     Apply(ApplyArgs),
     /// Print the current configuration as TOML that `apply` accepts back unchanged.
@@ -92,6 +97,10 @@ pub enum Cmd {
         #[arg(long)]
         stale: bool,
     },
+    /// Failover drill: long-lived TCP/UDP flows through a VIP group while it moves (--move) or
+    /// loses its owner (--kill); reports takeover time, broken flows and stalls. Exit status 3
+    /// when flows broke. `drill serve` is the echo target for the real servers.
+    Drill(crate::drill::DrillArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -351,6 +360,13 @@ pub enum VipGroupCmd {
         #[arg(long)]
         stale: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SyncCmd {
+    /// Per peer: link state, whether it is current, lag (entries, ms, p99), last
+    /// acknowledgement, resyncs and counters; then the streams this node receives.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,6 +1,7 @@
 //! `fulcrum`: the command line for a Fulcrum cluster. Talks gRPC to any node.
 
 mod args;
+mod drill;
 mod output;
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ use args::Cmd;
 use args::ConnCmd;
 use args::RealCmd;
 use args::ServiceCmd;
+use args::SyncCmd;
 use args::VipCmd;
 use args::VipGroupCmd;
 use output::Out;
@@ -73,12 +75,12 @@ fn error_text(e: &anyhow::Error) -> String {
     format!("{e:#}")
 }
 
-struct Conn {
+pub(crate) struct Conn {
     channel: Channel,
 }
 
 impl Conn {
-    async fn open(server: &str, timeout: Duration) -> Result<Conn> {
+    pub(crate) async fn open(server: &str, timeout: Duration) -> Result<Conn> {
         let url = if server.starts_with("http://") || server.starts_with("https://") {
             server.to_string()
         } else {
@@ -94,17 +96,17 @@ impl Conn {
         Ok(Conn { channel })
     }
 
-    fn config(&self) -> ConfigClient<Channel> {
+    pub(crate) fn config(&self) -> ConfigClient<Channel> {
         ConfigClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    fn cluster(&self) -> ClusterClient<Channel> {
+    pub(crate) fn cluster(&self) -> ClusterClient<Channel> {
         ClusterClient::new(self.channel.clone())
     }
 
-    fn connections(&self) -> ConnectionsClient<Channel> {
+    pub(crate) fn connections(&self) -> ConnectionsClient<Channel> {
         ConnectionsClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 }
@@ -124,6 +126,20 @@ async fn run(cli: Cli) -> Result<()> {
         );
         return Ok(());
     }
+    if let Cmd::Drill(d) = cli.cmd {
+        // A drill talks to several nodes (and `drill serve` to none): it opens its own.
+        let code = drill::main(
+            &cli.server,
+            Duration::from_secs_f64(cli.timeout),
+            cli.json,
+            d,
+        )
+        .await?;
+        if code != 0 {
+            std::process::exit(code);
+        }
+        return Ok(());
+    }
     // Check a declarative file before touching the network: a typo should not need a cluster.
     let apply_input = match &cli.cmd {
         Cmd::Apply(a) => Some(load_cluster_file(a)?),
@@ -131,7 +147,7 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let conn = Conn::open(&cli.server, Duration::from_secs_f64(cli.timeout)).await?;
     match cli.cmd {
-        Cmd::Completions { .. } => unreachable!("handled above"),
+        Cmd::Completions { .. } | Cmd::Drill(_) => unreachable!("handled above"),
         Cmd::Cluster { cmd } => cluster(&conn, &out, cmd).await,
         Cmd::Service { cmd } => service(&conn, &out, cmd).await,
         Cmd::Real { cmd } => real(&conn, &out, cmd).await,
@@ -179,6 +195,18 @@ async fn run(cli: Cli) -> Result<()> {
                     None => return Ok(()),
                 }
             }
+        }
+        Cmd::Sync {
+            cmd: SyncCmd::Status,
+        } => {
+            let r = conn
+                .connections()
+                .sync_status(pb::SyncStatusRequest {})
+                .await
+                .context("sync status")?
+                .into_inner();
+            out.sync_status(&r);
+            Ok(())
         }
         Cmd::Conn {
             cmd: ConnCmd::List { service, limit },

@@ -31,7 +31,7 @@ pub fn config_json(c: &pb::ClusterConfig) -> Value {
 }
 
 /// Left-aligned columns, two spaces apart, header first.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -388,6 +388,93 @@ impl Out {
         }
         if r.truncated {
             eprintln!("(showing {} of {} entries)", r.connections.len(), r.total);
+        }
+    }
+
+    /// `sync status`: the node's outgoing links, then its incoming ones.
+    pub fn sync_status(&self, r: &pb::SyncStatusReply) {
+        if self.json {
+            self.print_json(&serde_json::to_value(r).unwrap_or(Value::Null));
+            return;
+        }
+        if !r.enabled {
+            println!(
+                "node {}: connection sync is off (witness, no engine, or [sync] enabled = false)",
+                r.node
+            );
+            return;
+        }
+        let ms = |v: i64| {
+            if v < 0 {
+                "never".to_string()
+            } else {
+                format!("{v}ms")
+            }
+        };
+        println!("node {} sends to:", r.node);
+        println!(
+            "{:<6} {:<22} {:<10} {:<8} {:>10} {:>8} {:>9} {:>9} {:>8} {:>12} {:>12} {:>8} {:>8}",
+            "peer",
+            "address",
+            "state",
+            "current",
+            "lag",
+            "lag_ms",
+            "p99",
+            "last_ack",
+            "resyncs",
+            "sent",
+            "acked",
+            "retrans",
+            "dropped"
+        );
+        for p in &r.peers {
+            let current = if p.current {
+                "yes"
+            } else if p.behind {
+                "BEHIND"
+            } else {
+                "no"
+            };
+            println!(
+                "{:<6} {:<22} {:<10} {:<8} {:>10} {:>8} {:>9} {:>9} {:>8} {:>12} {:>12} {:>8} {:>8}",
+                p.node,
+                p.addr,
+                p.state,
+                current,
+                p.lag_entries,
+                p.lag_ms,
+                format!("{:.1}ms", p.lag_p99_us as f64 / 1000.0),
+                ms(p.last_ack_ms),
+                p.resyncs,
+                p.sent,
+                p.acked,
+                p.retransmitted,
+                p.dropped
+            );
+        }
+        println!("node {} receives from:", r.node);
+        println!(
+            "{:<6} {:<10} {:<9} {:>10} {:>12} {:>9} {:>10}",
+            "peer", "connected", "complete", "applied", "entries", "snapshots", "last"
+        );
+        for s in &r.sources {
+            println!(
+                "{:<6} {:<10} {:<9} {:>10} {:>12} {:>9} {:>10}",
+                s.node,
+                if s.connected { "yes" } else { "no" },
+                if s.complete { "yes" } else { "no" },
+                s.applied_seq,
+                s.entries,
+                s.snapshots,
+                ms(s.last_batch_ms)
+            );
+        }
+        if r.engine_dropped > 0 {
+            println!(
+                "changes dropped before the sync sender: {}",
+                r.engine_dropped
+            );
         }
     }
 

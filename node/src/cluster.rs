@@ -80,6 +80,9 @@ pub enum Forwarded {
     /// A director renews its VIP lease (see `vip`).
     RenewLease {
         node: NodeId,
+        /// The directors this one's sync stream keeps current (None: it does not sync).
+        #[serde(default)]
+        sync_current: Option<Vec<NodeId>>,
     },
     /// Move a VIP group gracefully (`to: None`: to whoever the leader picks).
     MoveVip {
@@ -116,7 +119,11 @@ pub struct Cluster {
     shared: SharedState,
     events: broadcast::Sender<AppliedEvent>,
     peers: Peers,
+    sync_reporter: Arc<std::sync::RwLock<Option<SyncReporter>>>,
 }
+
+/// Which peers this director's sync stream keeps current.
+pub type SyncReporter = Arc<dyn Fn() -> Vec<NodeId> + Send + Sync>;
 
 impl Cluster {
     pub fn new(
@@ -134,7 +141,16 @@ impl Cluster {
             shared,
             events,
             peers,
+            sync_reporter: Arc::default(),
         }
+    }
+
+    /// Lease renewals from now on tell the leader which peers `f` says are current.
+    pub fn set_sync_reporter(&self, f: SyncReporter) {
+        *self
+            .sync_reporter
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     pub fn id(&self) -> NodeId {
@@ -253,8 +269,17 @@ impl Cluster {
     /// Renews this director's VIP lease with the leader (one attempt, no retry: the caller
     /// renews again soon, and a lease must not be stretched by retries).
     pub async fn renew_lease(&self) -> Result<crate::vip::Grant, ClusterError> {
+        let reporter = self
+            .sync_reporter
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let sync_current = reporter.map(|f| f());
         match self
-            .on_current_leader(&Forwarded::RenewLease { node: self.id })
+            .on_current_leader(&Forwarded::RenewLease {
+                node: self.id,
+                sync_current,
+            })
             .await?
         {
             ForwardedOk::Lease(g) => Ok(g),
@@ -379,7 +404,7 @@ impl Cluster {
             Forwarded::Join { id, node, replace } => self.join_on_leader(id, node, replace).await,
             Forwarded::Leave { id } => self.leave_on_leader(id).await,
             Forwarded::Transfer { to } => self.transfer_on_leader(to).await,
-            Forwarded::RenewLease { node } => {
+            Forwarded::RenewLease { node, sync_current } => {
                 let m = self.ensure_leader()?;
                 // A quorum round first: only a leader that still leads may grant.
                 self.raft
@@ -389,6 +414,14 @@ impl Cluster {
                         Some(f) => ClusterError::NotLeader(f.leader_id),
                         None => ClusterError::Unavailable(format!("lease: {e}")),
                     })?;
+                if let Some(current) = sync_current {
+                    self.vip.report_sync(
+                        m.current_term,
+                        node,
+                        current.into_iter().collect(),
+                        Instant::now(),
+                    );
+                }
                 let grant = self.with_applied(|a| {
                     self.vip
                         .grant(m.current_term, node, &a.state, Instant::now())

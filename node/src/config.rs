@@ -51,8 +51,55 @@ pub struct FileConfig {
     /// VIP ownership timers, announcements and the notify hook.
     #[serde(default)]
     pub vip: VipFile,
+    /// Failover drills.
+    #[serde(default)]
+    pub drill: DrillFile,
+    /// The Prometheus scrape endpoint (`GET /metrics`); off unless `listen` is set.
+    #[serde(default)]
+    pub metrics: MetricsFile,
+    /// Connection-table sync between directors.
+    #[serde(default)]
+    pub sync: SyncFile,
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "fulcrum_node=debug".
     pub log: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncFile {
+    /// Replicate this director's connection table to the other directors (default true).
+    pub enabled: Option<bool>,
+    /// Longest a change waits before it is sent, in milliseconds (default 2).
+    pub batch_interval_ms: Option<u64>,
+    /// Records per batch (default 2048).
+    pub batch_entries: Option<usize>,
+    /// Unacknowledged batches in flight per peer (default 64).
+    pub window: Option<usize>,
+    /// Changes queued for one peer beyond which it is marked behind and resynced (default
+    /// 262144).
+    pub max_lag_entries: Option<usize>,
+}
+
+impl SyncFile {
+    fn validate(&self) -> Result<Option<fulcrum_sync::stream::SyncTimers>, ConfigError> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let d = fulcrum_sync::stream::SyncTimers::default();
+        let t = fulcrum_sync::stream::SyncTimers {
+            batch_interval: self
+                .batch_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.batch_interval),
+            batch_entries: self.batch_entries.unwrap_or(d.batch_entries),
+            window: self.window.unwrap_or(d.window),
+            max_lag_entries: self.max_lag_entries.unwrap_or(d.max_lag_entries),
+            ..d
+        };
+        t.validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(Some(t))
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -104,6 +151,13 @@ pub struct EngineFile {
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+pub struct DrillFile {
+    /// Let `fulcrum drill --kill` make this node exit at once through the API (default false).
+    pub allow_kill: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct VipFile {
     pub lease_ms: Option<u64>,
     pub renew_ms: Option<u64>,
@@ -115,6 +169,39 @@ pub struct VipFile {
     /// Run as `notify GROUP OLD_STATE NEW_STATE` on every transition of this node
     /// (states: master, backup, fault), like keepalived's notify scripts.
     pub notify: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsFile {
+    /// "IP:PORT" to serve `/metrics` on, e.g. "127.0.0.1:9470"; absent: no metrics server.
+    pub listen: Option<String>,
+}
+
+impl MetricsFile {
+    fn validate(&self, grpc: SocketAddr) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(text) = &self.listen else {
+            return Ok(None);
+        };
+        let addr: SocketAddr = text.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "metrics.listen {text:?} is not an IP:PORT address (e.g. \"127.0.0.1:9470\" or \"[::]:9470\")"
+            ))
+        })?;
+        if addr.port() == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "metrics.listen {text:?}: the port must not be 0 (scrapers need a fixed port)"
+            )));
+        }
+        if addr.port() == grpc.port()
+            && (addr.ip() == grpc.ip() || addr.ip().is_unspecified() || grpc.ip().is_unspecified())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "metrics.listen {addr} collides with the gRPC `listen` address {grpc}"
+            )));
+        }
+        Ok(Some(addr))
+    }
 }
 
 impl VipFile {
@@ -218,6 +305,12 @@ pub struct NodeConfig {
     pub engine: Option<EngineConfig>,
     pub vip: crate::vip::VipTimers,
     pub notify: Option<PathBuf>,
+    /// `[drill] allow_kill`: the API's `Kill` may make this node exit (failover drills).
+    pub allow_kill: bool,
+    /// Where `/metrics` is served; `None`: not at all.
+    pub metrics: Option<SocketAddr>,
+    /// Connection sync settings; `None`: sync is off (`[sync] enabled = false`).
+    pub sync: Option<fulcrum_sync::stream::SyncTimers>,
     pub log: String,
 }
 
@@ -322,6 +415,8 @@ impl FileConfig {
         let raft = self.raft.validate()?;
         let engine = self.engine.validate()?;
         let (vip, notify) = self.vip.validate()?;
+        let metrics = self.metrics.validate(listen)?;
+        let sync = self.sync.validate()?;
         if engine.is_some() && role == Role::Witness {
             return Err(ConfigError::Invalid(
                 "a witness never carries traffic: remove [engine] or make the node a director"
@@ -341,6 +436,9 @@ impl FileConfig {
             engine,
             vip,
             notify,
+            allow_kill: self.drill.allow_kill.unwrap_or(false),
+            metrics,
+            sync,
             log: self.log.unwrap_or_else(|| "info".into()),
         })
     }
@@ -465,6 +563,9 @@ mod tests {
         assert_eq!(c.role, Role::Director);
         assert_eq!(c.raft, RaftTimers::default());
         assert!(c.bootstrap.is_none());
+        assert!(!c.allow_kill);
+        let c = parse("id = 3\ndata_dir = \"/tmp/x\"\n[drill]\nallow_kill = true\n").unwrap();
+        assert!(c.allow_kill);
     }
 
     #[test]
@@ -556,6 +657,31 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_is_validated() {
+        let base = "id = 1\ndata_dir = \"/x\"\nlisten = \"127.0.0.1:7070\"\n";
+        assert_eq!(parse(base).unwrap().metrics, None);
+        let c = parse(&format!("{base}[metrics]\nlisten = \"[::]:9470\"\n")).unwrap();
+        assert_eq!(c.metrics, Some("[::]:9470".parse().unwrap()));
+        for (bad, why) in [
+            ("localhost:9470", "not an IP:PORT"),
+            ("127.0.0.1", "not an IP:PORT"),
+            ("127.0.0.1:99999", "not an IP:PORT"),
+            ("", "not an IP:PORT"),
+            ("127.0.0.1:0", "must not be 0"),
+            ("127.0.0.1:7070", "collides"),
+            ("0.0.0.0:7070", "collides"),
+        ] {
+            let e = parse(&format!("{base}[metrics]\nlisten = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                e.contains("metrics.listen") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse(&format!("{base}[metrics]\nport = 9470\n")).unwrap_err();
+        assert!(e.contains("unknown field `port`"), "{e}");
+    }
+
+    #[test]
     fn unspecified_listen_needs_advertise() {
         let e = parse("id = 1\ndata_dir = \"/x\"\nlisten = \"0.0.0.0:7000\"\n").unwrap_err();
         assert!(e.contains("advertise"), "{e}");
@@ -576,5 +702,31 @@ mod example_file {
         assert_eq!(c.role, Role::Director);
         assert_eq!(c.log, "info");
         assert_eq!(c.cluster_name, "fulcrum");
+        assert_eq!(c.metrics, None);
+        assert!(!c.allow_kill);
+        assert_eq!(c.sync, Some(fulcrum_sync::stream::SyncTimers::default()));
+    }
+
+    #[test]
+    fn sync_settings_are_validated() {
+        let base = "id = 1\ndata_dir = \"/x\"\n";
+        let off = FileConfig::parse(&format!("{base}[sync]\nenabled = false\n"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(off.sync, None);
+        let bad = FileConfig::parse(&format!("{base}[sync]\nwindow = 0\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("sync.window"), "{bad}");
+        let bad = FileConfig::parse(&format!("{base}[sync]\nmax_lag_entries = 10\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("max_lag_entries"), "{bad}");
+        assert!(FileConfig::parse(&format!("{base}[sync]\nbogus = 1\n")).is_err());
     }
 }

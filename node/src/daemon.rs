@@ -121,6 +121,19 @@ impl Node {
             None => None,
         };
 
+        // Connection sync: directors with an engine stream their flows to the other directors.
+        let replication = match (&engine, &cfg.sync, cfg.role) {
+            (Some(e), Some(timers), fulcrum_node::model::Role::Director) => {
+                Some(fulcrum_node::replication::Replication::start(
+                    cfg.id,
+                    &cfg.cluster_name,
+                    timers.clone(),
+                    e.clone(),
+                ))
+            }
+            _ => None,
+        };
+
         // A node joining with an empty data dir stays out of Raft until its old membership (if
         // its id had one) is gone; see `RaftService`.
         let initialized = raft.is_initialized().await.context("raft stopped")?;
@@ -137,17 +150,19 @@ impl Node {
             let raft_svc = RaftServer::new(RaftService::new(cluster.clone(), raft_open.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            let cluster_svc = ClusterServer::new(ClusterApi::new(
-                cluster.clone(),
-                cfg.cluster_name.clone(),
-                vip.clone(),
-            ));
+            let cluster_svc = ClusterServer::new(
+                ClusterApi::new(cluster.clone(), cfg.cluster_name.clone(), vip.clone())
+                    .allow_kill(cfg.allow_kill),
+            );
             let config_svc = ConfigServer::new(ConfigApi::new(cluster.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             // Small Raft messages must not sit in Nagle's buffer waiting for a delayed ACK (40 ms).
-            let conns_svc = ConnectionsServer::new(ConnectionsApi::new(engine.clone()))
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let conns_svc = ConnectionsServer::new(
+                ConnectionsApi::new(engine.clone()).with_sync(cfg.id, replication.clone()),
+            )
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let sync_svc = replication.as_ref().map(|r| r.receiver_service());
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             tokio::spawn(async move {
@@ -158,11 +173,21 @@ impl Node {
                     .add_service(cluster_svc)
                     .add_service(config_svc)
                     .add_service(conns_svc)
+                    .add_optional_service(sync_svc)
                     .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                     .await
                     .context("grpc server")
             })
         };
+
+        let metrics = fulcrum_node::metrics::node_metrics(&cluster, engine.clone(), &vip, cfg.role);
+        if let Some(addr) = cfg.metrics {
+            fulcrum_node::metrics::server::spawn(addr, metrics.clone(), stop.clone()).await?;
+        }
+
+        if let Some(r) = &replication {
+            r.follow_members(cluster.clone());
+        }
 
         // Every node may lead, so every node runs the assigner; only directors hold VIPs (a
         // witness runs the holder only to follow assignments for status and events).

@@ -43,6 +43,9 @@ struct Args {
     /// Join a running cluster through this member's address.
     #[arg(long, env = "FULCRUMD_JOIN")]
     join: Option<String>,
+    /// Serve Prometheus metrics on this IP:PORT ([metrics] listen).
+    #[arg(long, env = "FULCRUMD_METRICS_LISTEN", value_name = "IP:PORT")]
+    metrics_listen: Option<String>,
     /// Log filter, e.g. "info" or "fulcrum_node=debug".
     #[arg(long, env = "FULCRUMD_LOG")]
     log: Option<String>,
@@ -84,6 +87,9 @@ fn file_config(args: &Args) -> anyhow::Result<FileConfig> {
     }
     if let Some(v) = &args.join {
         f.join = Some(v.clone());
+    }
+    if let Some(v) = &args.metrics_listen {
+        f.metrics.listen = Some(v.clone());
     }
     if let Some(v) = &args.log {
         f.log = Some(v.clone());

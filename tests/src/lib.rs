@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod drill;
+pub mod metrics;
 pub mod netns;
 pub mod pair;
 

@@ -12,6 +12,8 @@ use crate::netns::Lab;
 
 pub const VIP4: &str = "192.0.2.100";
 pub const VIP6: &str = "2001:db8::100";
+/// Every node serves `/metrics` on this port of its own address.
+pub const METRICS_PORT: u16 = 9470;
 
 pub fn bin(p: PathBuf) -> String {
     p.to_str().unwrap().to_string()
@@ -141,6 +143,11 @@ address = "[2001:db8::22]:53"
         }
     }
 
+    /// Where node `id` serves `/metrics`, inside its namespace.
+    pub fn metrics_addr(&self, id: u64) -> String {
+        format!("{}:{METRICS_PORT}", self.host(id).ip4)
+    }
+
     pub fn host(&self, id: u64) -> &Host {
         match id {
             1 | 2 => &self.dirs[id as usize - 1],
@@ -168,6 +175,12 @@ address = "[2001:db8::22]:53"
         if id != 3 {
             text.push_str("[engine]\ninterface = \"eth0\"\n");
         }
+        text.push_str(&format!(
+            "[metrics]\nlisten = \"{}\"\n",
+            self.metrics_addr(id)
+        ));
+        // Labs let `fulcrum drill --kill` crash their nodes through the API.
+        text.push_str("[drill]\nallow_kill = true\n");
         text.push_str("[vip]\npreempt_delay_ms = 500\n");
         text.push_str(&self.vip_extra);
         text.push('\n');

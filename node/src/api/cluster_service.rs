@@ -21,6 +21,8 @@ pub struct ClusterApi {
     cluster: Cluster,
     cluster_name: String,
     vip: VipHandle,
+    /// `[drill] allow_kill`: `Kill` may make this process exit.
+    allow_kill: bool,
 }
 
 impl ClusterApi {
@@ -29,7 +31,14 @@ impl ClusterApi {
             cluster,
             cluster_name,
             vip,
+            allow_kill: false,
         }
+    }
+
+    /// Lets failover drills make this node exit through `Kill` (`[drill] allow_kill`).
+    pub fn allow_kill(mut self, allow: bool) -> Self {
+        self.allow_kill = allow;
+        self
     }
 
     fn vip_groups(&self, leader_term: Option<u64>) -> Vec<pb::VipGroupStatus> {
@@ -284,6 +293,36 @@ impl ClusterRpc for ClusterApi {
         let to = (req.to != 0).then_some(req.to);
         let owner = self.cluster.move_vip(req.group, to).await.map_err(status)?;
         Ok(Response::new(pb::MoveVipReply { owner }))
+    }
+
+    async fn kill(
+        &self,
+        request: Request<pb::KillRequest>,
+    ) -> Result<Response<pb::KillReply>, Status> {
+        let req = request.into_inner();
+        let me = self.cluster.id();
+        if req.node_id != me {
+            return Err(Status::failed_precondition(format!(
+                "this is node {me}, not node {}: not exiting",
+                req.node_id
+            )));
+        }
+        if !self.allow_kill {
+            return Err(Status::permission_denied(format!(
+                "node {me} does not let drills kill it: set `[drill] allow_kill = true` in its fulcrumd.toml"
+            )));
+        }
+        if req.check {
+            return Ok(Response::new(pb::KillReply {}));
+        }
+        tracing::error!(
+            reason = %req.reason,
+            "exiting now for a failover drill, as if killed with SIGKILL (nothing is cleaned up)"
+        );
+        // SAFETY: _exit(2) ends the process at once without running destructors or atexit
+        // handlers; nothing here relies on them (that is the point: no lease release, no
+        // goodbye to peers). The kernel closes the sockets.
+        unsafe { libc::_exit(137) }
     }
 
     async fn transfer_leader(

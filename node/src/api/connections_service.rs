@@ -10,15 +10,33 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::dataplane::engine::Engine;
+use crate::replication::Replication;
 
 pub struct ConnectionsApi {
     engine: Option<Arc<Engine>>,
+    replication: Option<Replication>,
+    me: u64,
 }
 
 impl ConnectionsApi {
     pub fn new(engine: Option<Arc<Engine>>) -> Self {
-        ConnectionsApi { engine }
+        ConnectionsApi {
+            engine,
+            replication: None,
+            me: 0,
+        }
     }
+
+    /// Serves `SyncStatus` from this node's sync endpoints.
+    pub fn with_sync(mut self, me: u64, replication: Option<Replication>) -> Self {
+        self.me = me;
+        self.replication = replication;
+        self
+    }
+}
+
+fn age(ms: Option<u64>) -> i64 {
+    ms.map_or(-1, |m| i64::try_from(m).unwrap_or(i64::MAX))
 }
 
 fn forward_name(f: FwdMethod) -> &'static str {
@@ -87,6 +105,62 @@ impl ConnectionsRpc for ConnectionsApi {
             connections,
             total,
             truncated,
+        }))
+    }
+
+    async fn sync_status(
+        &self,
+        _request: Request<pb::SyncStatusRequest>,
+    ) -> Result<Response<pb::SyncStatusReply>, Status> {
+        let Some(r) = &self.replication else {
+            return Ok(Response::new(pb::SyncStatusReply {
+                node: self.me,
+                ..Default::default()
+            }));
+        };
+        let peers = r
+            .peers()
+            .into_iter()
+            .map(|p| pb::SyncPeer {
+                node: p.node,
+                addr: p.addr,
+                state: p.state.as_str().into(),
+                current: p.current,
+                behind: p.behind,
+                lag_entries: p.lag_entries,
+                lag_ms: p.lag_ms,
+                last_ack_ms: age(p.last_ack_ms),
+                lag_p99_us: p.lag_p99_us,
+                sent: p.sent,
+                acked: p.acked,
+                retransmitted: p.retransmitted,
+                dropped: p.dropped,
+                rejected: p.rejected,
+                resyncs: p.resyncs,
+                snapshot_entries: p.snapshot_entries,
+                wire_bytes: p.wire_bytes,
+            })
+            .collect();
+        let sources = r
+            .sources()
+            .into_iter()
+            .map(|s| pb::SyncSource {
+                node: s.node,
+                connected: s.connected,
+                complete: s.complete,
+                applied_seq: s.applied_seq,
+                entries: s.entries,
+                rejected: s.rejected,
+                snapshots: s.snapshots,
+                last_batch_ms: age(s.last_batch_ms),
+            })
+            .collect();
+        Ok(Response::new(pb::SyncStatusReply {
+            node: self.me,
+            enabled: true,
+            peers,
+            sources,
+            engine_dropped: r.engine_dropped(),
         }))
     }
 

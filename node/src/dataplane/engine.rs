@@ -30,6 +30,7 @@ use fulcrum_sync::conn::CoarseClock;
 use fulcrum_sync::conn::ConnEntry;
 use fulcrum_sync::conn::ConnTable;
 use fulcrum_sync::conn::TableConfig;
+use fulcrum_sync::stream::ChangeQueue;
 
 use super::afpacket;
 use super::afpacket::PacketSocket;
@@ -86,7 +87,15 @@ struct Shared {
     sched_cfg: SchedConfig,
     rates: Mutex<Rates>,
     workers: Vec<WorkerSync>,
+    /// One per packet thread: changes for the sync stream.
+    sync_queues: Vec<ChangeQueue>,
+    /// Changes lost because a thread's per-block vector was full.
+    sync_dropped: AtomicU64,
 }
+
+/// Per-block change vector of a packet thread; its queue holds up to this many too.
+const SYNC_BLOCK_CAP: usize = 16_384;
+const SYNC_QUEUE_CAP: usize = 262_144;
 
 /// What `apply` needs to know of a packet thread to be sure it no longer uses an old
 /// snapshot: a thread is either idle (waiting for frames; it reloads before processing) or
@@ -241,6 +250,10 @@ impl Engine {
             sched_cfg: SchedConfig::default(),
             rates: Mutex::default(),
             workers: (0..cfg.workers).map(|_| WorkerSync::default()).collect(),
+            sync_queues: (0..cfg.workers)
+                .map(|_| ChangeQueue::new(SYNC_QUEUE_CAP))
+                .collect(),
+            sync_dropped: AtomicU64::new(0),
         });
         // A fanout group id unique to this process and interface.
         let group = (std::process::id() as u16) ^ 0x5a5a;
@@ -335,8 +348,12 @@ impl Engine {
             let mut gone = Vec::new();
             self.shared.table.remove_where(
                 |e| {
-                    next.by_id(e.service())
-                        .is_none_or(|s| s.real(&e.dest()).is_none())
+                    // Service 0: a replicated flow whose service this node did not know when
+                    // it arrived; nothing to judge it by.
+                    e.service() != 0
+                        && next
+                            .by_id(e.service())
+                            .is_none_or(|s| s.real(&e.dest()).is_none())
                 },
                 &mut gone,
             );
@@ -412,6 +429,15 @@ impl Engine {
         (out, self.shared.table.len() as u64)
     }
 
+    /// Entries in the connection table (templates included) and the most it holds; two
+    /// atomic loads, for metrics.
+    pub fn table_usage(&self) -> (u64, u64) {
+        (
+            self.shared.table.len() as u64,
+            self.shared.table.max_entries() as u64,
+        )
+    }
+
     pub fn stats(
         &self,
         service: Option<&str>,
@@ -449,6 +475,34 @@ impl Engine {
         (out, drops)
     }
 
+    /// Starts or stops handing changes to a sync sender.
+    pub fn set_sync(&self, on: bool) {
+        for q in &self.shared.sync_queues {
+            q.set_enabled(on);
+        }
+    }
+
+    /// Changes lost before reaching the sync sender (its queues were full).
+    pub fn sync_dropped(&self) -> u64 {
+        self.shared.sync_dropped.load(Relaxed)
+            + self
+                .shared
+                .sync_queues
+                .iter()
+                .map(ChangeQueue::dropped)
+                .sum::<u64>()
+    }
+
+    /// The sync sender's view of this engine.
+    pub fn sync_source(self: &Arc<Self>) -> Arc<dyn fulcrum_sync::stream::Source> {
+        Arc::new(SyncSide(self.shared.clone()))
+    }
+
+    /// The sync receiver's view of this engine.
+    pub fn sync_replica(self: &Arc<Self>) -> Arc<dyn fulcrum_sync::stream::Replica> {
+        Arc::new(SyncSide(self.shared.clone()))
+    }
+
     pub fn stop(mut self) {
         self.shared.stop.store(true, Relaxed);
         for t in self.threads.drain(..) {
@@ -474,6 +528,100 @@ fn counts(c: &services::Counters) -> [u64; 5] {
 }
 
 /// A removed entry no longer counts on its real server (or template).
+/// What the sync stream reads from (changes, snapshots) and writes to (replicated entries).
+struct SyncSide(Arc<Shared>);
+
+impl fulcrum_sync::stream::Source for SyncSide {
+    fn drain(&self, out: &mut Vec<ConnEntry>) {
+        for q in &self.0.sync_queues {
+            q.drain_into(out);
+        }
+    }
+
+    fn now(&self) -> u32 {
+        self.0.clock.now()
+    }
+
+    /// The flows this director forwards: on VIPs it forwards now, or created here.
+    fn snapshot_chunk(
+        &self,
+        cursor: &mut fulcrum_sync::conn::SnapshotCursor,
+        max: usize,
+        out: &mut Vec<ConnEntry>,
+    ) -> bool {
+        let snap = self
+            .0
+            .snap
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let start = out.len();
+        let done = self.0.table.snapshot_chunk(cursor, max, out);
+        let mut keep = start;
+        for i in start..out.len() {
+            let e = out[i];
+            if e.origin() == 0 || snap.owns(&e.virtual_addr().ip()) {
+                out[keep] = e;
+                keep += 1;
+            }
+        }
+        out.truncate(keep);
+        done
+    }
+}
+
+impl fulcrum_sync::stream::Replica for SyncSide {
+    fn now(&self) -> u32 {
+        self.0.clock.now()
+    }
+
+    fn install(&self, from: u64, entries: &mut [ConnEntry]) -> u64 {
+        let snap = self
+            .0
+            .snap
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let slot = fulcrum_sync::stream::origin_slot(from);
+        let mut rejected = 0;
+        for e in entries.iter_mut() {
+            let virt = e.virtual_addr();
+            if let Some(cur) = self.0.table.lookup(e.key())
+                && cur.origin() == 0
+                && snap.answers(&virt.ip())
+            {
+                // This director answers for the VIP: its own view of the flow wins.
+                continue;
+            }
+            let proto = e.protocol();
+            e.set_service(snap.resolve(proto, virt.ip(), virt.port()).unwrap_or(0));
+            e.set_synced_from(slot);
+            match self.0.table.upsert(*e) {
+                Ok(old) => {
+                    if let Some(o) = old {
+                        unbind(&snap, &o);
+                    }
+                    bind(&snap, e);
+                }
+                Err(_) => rejected += 1,
+            }
+        }
+        rejected
+    }
+}
+
+/// Counts a replicated entry in its real server's counters, as IPVS does on a backup.
+fn bind(snap: &Snapshot, e: &ConnEntry) {
+    let addr = e.dest();
+    if let Some(d) = snap.by_id(e.service()).and_then(|s| s.real(&addr)) {
+        if e.is_template() {
+            d.dest.template_bound();
+        } else {
+            d.dest.conn_bound(e.is_active());
+        }
+    }
+}
+
 fn unbind(snap: &Snapshot, e: &ConnEntry) {
     let addr = e.dest();
     let dest = snap
@@ -536,6 +684,10 @@ fn worker(sh: Arc<Shared>, index: usize, mut rx: PacketSocket, tx: TxSocket) {
     // `Engine::apply` replaces this socket's filter itself; the thread only follows snapshots.
     let mut seen_gen = 0u64;
     let mut snap = sh.snap.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(queue) = sh.sync_queues.get(index) else {
+        return;
+    };
+    let changes = std::cell::RefCell::new(Vec::with_capacity(SYNC_BLOCK_CAP));
     while !sh.stop.load(Relaxed) {
         let block = match rx.next_block(100) {
             Ok(Some(b)) => b,
@@ -564,6 +716,9 @@ fn worker(sh: Arc<Shared>, index: usize, mut rx: PacketSocket, tx: TxSocket) {
             now: sh.clock.now(),
             instant: Instant::now(),
             expire_nodest_conn: sh.expire_nodest_conn,
+            sync: &changes,
+            sync_on: queue.enabled(),
+            sync_dropped: &sh.sync_dropped,
         };
         let mut used_scratch = 0usize;
         for frame in block.frames() {
@@ -592,6 +747,7 @@ fn worker(sh: Arc<Shared>, index: usize, mut rx: PacketSocket, tx: TxSocket) {
         }
         batch.flush(&tx, &sh.drops);
         drop(block);
+        queue.push_from(&mut changes.borrow_mut());
         sync.busy.store(false, SeqCst);
     }
 }

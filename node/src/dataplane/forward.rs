@@ -4,6 +4,7 @@
 //! Runs on the packet threads: no allocation, no await, no lock beyond one connection-table
 //! shard and the neighbour table's read lock.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::net::Ipv4Addr;
 use std::net::Ipv6Addr;
@@ -145,6 +146,26 @@ pub struct Ctx<'a> {
     pub now: u32,
     pub instant: Instant,
     pub expire_nodest_conn: bool,
+    /// Changes for the sync stream, handed over by the worker after each block (capacity
+    /// reserved: a full vector drops the change rather than allocate).
+    pub sync: &'a RefCell<Vec<ConnEntry>>,
+    /// Whether a sync sender takes changes at all.
+    pub sync_on: bool,
+    pub sync_dropped: &'a AtomicU64,
+}
+
+/// Queues `e` for the backups.
+#[inline]
+fn emit(ctx: &Ctx, e: &ConnEntry) {
+    if !ctx.sync_on {
+        return;
+    }
+    let mut v = ctx.sync.borrow_mut();
+    if v.len() < v.capacity() {
+        v.push(*e);
+    } else {
+        ctx.sync_dropped.fetch_add(1, Relaxed);
+    }
 }
 
 fn fwd_method(f: Forward) -> FwdMethod {
@@ -273,6 +294,9 @@ fn inbound(frame: &mut [u8], scratch: &mut [u8], pkt: &Packet, ip: &Ip, ctx: &Ct
             if let Some(d) = dest_of(ctx.snap, &entry) {
                 account(d, &change);
             }
+            if change.sync {
+                emit(ctx, &entry);
+            }
             entry
         }
         None => match new_flow(&key, pkt, ip, ports, flags, ctx) {
@@ -305,7 +329,13 @@ fn new_flow(
         .lookup(ip.proto, ip.dst, ports.dst)
         .ok_or(DropReason::NoService)?;
     // As IPVS: a TCP flow starts with a SYN; anything else for an unknown flow is dropped.
-    if ip.proto == packet::proto::TCP && (flags & 0x02 == 0 || flags & (0x10 | 0x04) != 0) {
+    // Except with Maglev hashing: every director builds the same table from the same config,
+    // so a flow too new to have been synced before a takeover hashes to the real server that
+    // already carries it, and the new owner picks it up mid-stream (like IPVS's sloppy_tcp).
+    if ip.proto == packet::proto::TCP
+        && (flags & 0x02 == 0 || flags & (0x10 | 0x04) != 0)
+        && !(svc.svc.scheduler == crate::model::Scheduler::Mh && flags & 0x04 == 0)
+    {
         return Err(DropReason::NotSyn);
     }
     let persistence = svc.svc.persistence.map(|p| {
@@ -356,6 +386,8 @@ fn new_flow(
         Ok((e, _)) => {
             real.dest.conn_bound(e.is_active());
             count_new(svc, idx);
+            // From its first packet, half-open included: a takeover right after keeps it.
+            emit(ctx, &e);
             e
         }
         // Another packet thread created it a moment ago: use theirs.
@@ -367,7 +399,13 @@ fn new_flow(
         let t = ConnEntry::template(tk, raddr, fwd, svc.id, timeout, ctx.now);
         if ctx.table.insert_template(t).is_ok() {
             real.dest.template_bound();
+            emit(ctx, &t);
         }
+    } else if let (Some(tk), true) = (template_key, from_template)
+        && let Some(t) = ctx.table.lookup_template(&tk)
+    {
+        // The new flow pushed the template's deadline out: the backups follow.
+        emit(ctx, &t);
     }
     Ok(entry)
 }
@@ -523,6 +561,9 @@ fn outbound(frame: &mut [u8], pkt: &Packet, ip: &Ip, ctx: &Ctx) -> Verdict {
     let Some((entry, change)) = found else {
         return Verdict::Drop(DropReason::NotOurs);
     };
+    if change.is_some_and(|c| c.sync) {
+        emit(ctx, &entry);
+    }
     if !ctx.snap.answers(&entry.virtual_addr().ip()) {
         // Drained after a move: the new owner sends from the VIP now, not this director.
         return Verdict::Drop(DropReason::NotOurs);

@@ -117,6 +117,19 @@ impl Snapshot {
 
     /// The service for a new flow to (protocol, address, port), if this node owns the VIP.
     pub fn lookup(&self, proto: u8, dst: IpAddr, port: u16) -> Option<&Arc<ServiceRt>> {
+        if !self.owned.contains(&dst) {
+            return None;
+        }
+        self.find(proto, dst, port)
+    }
+
+    /// The id of the service a flow to (protocol, address, port) belongs to, owned here or
+    /// not (a replicated flow of a VIP another director holds).
+    pub fn resolve(&self, proto: u8, dst: IpAddr, port: u16) -> Option<u32> {
+        self.find(proto, dst, port).map(|s| s.id)
+    }
+
+    fn find(&self, proto: u8, dst: IpAddr, port: u16) -> Option<&Arc<ServiceRt>> {
         if let Some(i) = self.exact.get(&(proto, dst, port)) {
             return Some(&self.services[*i]);
         }
@@ -159,6 +172,9 @@ impl Snapshot {
         }
         let mut nat: HashSet<IpAddr> = HashSet::new();
         for s in &self.services {
+            if s.svc.key.vip().is_none_or(|v| !self.owned.contains(&v)) {
+                continue;
+            }
             for r in &s.reals {
                 if r.forward == Forward::Nat {
                     nat.insert(r.dest.addr().ip());
@@ -189,8 +205,8 @@ impl Snapshot {
 }
 
 /// Builds the next snapshot from `config`, reusing what `prev` has for unchanged parts.
-/// `owned` decides which services are live here: only services on VIPs this node owns are
-/// forwarded; of those, `answering` are answered for. Services the engine cannot run (fwmark:
+/// `owned` decides which services are live here: only services on VIPs this node owns take
+/// new flows; of those, `answering` are answered for. Services the engine cannot run (fwmark:
 /// marks are set by netfilter, which a userspace engine on AF_PACKET never sees) are skipped
 /// with a warning.
 pub fn build(
@@ -218,9 +234,8 @@ pub fn build(
                 continue;
             }
         };
-        if !owned.contains(&vip) {
-            continue;
-        }
+        // Every service is built, owned or not: a backup binds replicated flows to their
+        // real servers and has the schedulers (a Maglev table, say) ready for a takeover.
         let id = *next.ids.entry(svc.key.clone()).or_insert_with(|| {
             let id = next.next_id;
             next.next_id += 1;

@@ -53,6 +53,17 @@ pub struct LocalView {
     pub lease_until: Option<Instant>,
     /// Group → when its owner (as applied here) last changed.
     pub last_transition: BTreeMap<String, Instant>,
+    /// Group → how often this node started and stopped answering for it (for metrics).
+    pub transitions: BTreeMap<String, Transitions>,
+}
+
+/// Counts of one group's transitions on this node since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transitions {
+    /// Became master.
+    pub acquired: u64,
+    /// Stopped being master (to backup or fault).
+    pub released: u64,
 }
 
 /// Shared between the holder, the API and the daemon.
@@ -139,6 +150,11 @@ pub fn spawn_assigner(cluster: Cluster) {
                         settled: BTreeSet::clone(&settled),
                         lapsed: reg.lapsed(term, &g.name, now),
                         handoff: reg.handoff(term, &g.name, now),
+                        sync_current: a
+                            .state
+                            .owner(&g.name)
+                            .owner
+                            .and_then(|o| reg.sync_current(term, o, now)),
                     })
                     .collect()
             });
@@ -460,6 +476,15 @@ fn transition(
     new: VipState,
     notify: Option<&PathBuf>,
 ) {
+    {
+        let mut v = handle.view.lock().unwrap_or_else(|e| e.into_inner());
+        let t = v.transitions.entry(group.to_string()).or_default();
+        if new == VipState::Master {
+            t.acquired += 1;
+        } else if old == VipState::Master {
+            t.released += 1;
+        }
+    }
     let _ = handle.events.send(VipEvent {
         node: me,
         group: group.to_string(),

@@ -21,6 +21,10 @@ pub struct GroupView {
     /// No director can still be acting on the group (its last holder's lease is over).
     pub lapsed: bool,
     pub handoff: Option<Handoff>,
+    /// The directors the assigned owner's connection sync last reported current (None: no
+    /// report). A new owner is picked among them while one of them is alive, so the flows
+    /// survive the move.
+    pub sync_current: Option<BTreeSet<u64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,9 +45,20 @@ pub enum Decision {
 /// the lowest-numbered live director (deterministic, so every leader agrees).
 fn candidate(v: &GroupView, exclude: Option<u64>) -> Option<u64> {
     let ok = |n: &u64| v.directors.contains(n) && v.alive.contains(n) && Some(*n) != exclude;
-    v.preferred
-        .filter(ok)
-        .or_else(|| v.alive.iter().copied().find(ok))
+    let current = |n: &u64| v.sync_current.as_ref().is_none_or(|c| c.contains(n));
+    let pick = |pred: &dyn Fn(&u64) -> bool| {
+        v.preferred
+            .filter(|p| ok(p) && pred(p))
+            .or_else(|| v.alive.iter().copied().find(|n| ok(n) && pred(n)))
+    };
+    // A director whose copy of the flows is current first; any live one if none is.
+    pick(&current).or_else(|| pick(&|_| true))
+}
+
+/// Whether moving the group to `n` keeps its flows: `n` is current with the owner's sync (or
+/// the owner does not report sync at all).
+fn keeps_flows(v: &GroupView, n: u64) -> bool {
+    v.sync_current.as_ref().is_none_or(|c| c.contains(&n))
 }
 
 pub fn plan(v: &GroupView) -> Decision {
@@ -69,7 +84,8 @@ pub fn plan(v: &GroupView) -> Decision {
                     if v.preempt
                         && p != o
                         && v.directors.contains(&p)
-                        && v.settled.contains(&p) =>
+                        && v.settled.contains(&p)
+                        && keeps_flows(v, p) =>
                 {
                     Decision::BeginHandoff {
                         from: o,
@@ -117,7 +133,40 @@ mod tests {
             settled: alive.iter().copied().collect(),
             lapsed: true,
             handoff: None,
+            sync_current: None,
         }
+    }
+
+    #[test]
+    fn a_dead_owner_goes_to_a_director_its_sync_kept_current() {
+        let mut v = view(Some(1), &[2, 3]);
+        v.directors = BTreeSet::from([1, 2, 3]);
+        // Node 2 fell behind; node 3 is current: 3 takes over although 2 is lower.
+        v.sync_current = Some(BTreeSet::from([3]));
+        assert_eq!(plan(&v), Decision::Assign { owner: Some(3) });
+        // Even when 2 is preferred.
+        v.preferred = Some(2);
+        assert_eq!(plan(&v), Decision::Assign { owner: Some(3) });
+        // No current director alive: availability first, the behind one takes over.
+        v.alive = BTreeSet::from([2]);
+        assert_eq!(plan(&v), Decision::Assign { owner: Some(2) });
+    }
+
+    #[test]
+    fn fail_back_waits_until_the_returning_owner_is_current() {
+        let mut v = view(Some(2), &[1, 2]);
+        v.preferred = Some(1);
+        v.preempt = true;
+        v.sync_current = Some(BTreeSet::new());
+        assert_eq!(plan(&v), Decision::Keep, "node 1 is still resyncing");
+        v.sync_current = Some(BTreeSet::from([1]));
+        assert_eq!(
+            plan(&v),
+            Decision::BeginHandoff {
+                from: 2,
+                to: Some(1)
+            }
+        );
     }
 
     #[test]

@@ -55,6 +55,8 @@ struct Inner {
     nodes: BTreeMap<u64, NodeLease>,
     groups: BTreeMap<String, GroupLease>,
     handoffs: BTreeMap<String, Handoff>,
+    /// Per director, the peers its sync stream last said were current.
+    sync: BTreeMap<u64, BTreeSet<u64>>,
 }
 
 #[derive(Debug)]
@@ -73,6 +75,7 @@ impl Registry {
                 nodes: BTreeMap::new(),
                 groups: BTreeMap::new(),
                 handoffs: BTreeMap::new(),
+                sync: BTreeMap::new(),
             }),
         }
     }
@@ -90,8 +93,20 @@ impl Registry {
             g.nodes.clear();
             g.groups.clear();
             g.handoffs.clear();
+            g.sync.clear();
         }
         g
+    }
+
+    /// Records which peers `node`'s connection sync keeps current (sent with its renewals).
+    pub fn report_sync(&self, term: u64, node: u64, current: BTreeSet<u64>, now: Instant) {
+        self.lock(term, now).sync.insert(node, current);
+    }
+
+    /// What `node` last reported of its sync peers (None: it never reported this term, e.g.
+    /// it does not sync); kept after it dies, which is when it matters.
+    pub fn sync_current(&self, term: u64, node: u64, now: Instant) -> Option<BTreeSet<u64>> {
+        self.lock(term, now).sync.get(&node).cloned()
     }
 
     /// Grants `node` its groups. Call only after confirming leadership with a quorum.

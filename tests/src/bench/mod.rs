@@ -3,6 +3,7 @@
 
 pub mod conntable;
 pub mod engine;
+pub mod sync;
 pub mod takeover;
 pub mod traffic;
 
