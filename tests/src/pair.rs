@@ -24,6 +24,8 @@ pub struct Pair {
     pub client: Host,
     pub dirs: Vec<Host>,
     pub wit: Host,
+    /// The real servers (.33 and .34 in IPv4, ::21 and ::22 in IPv6).
+    pub rs: Vec<Host>,
     procs: Vec<Option<usize>>,
     tmp: tempfile::TempDir,
     /// More `[vip]` settings for every node, one per line.
@@ -36,7 +38,8 @@ impl Pair {
         Pair::with_vip(tag, preempt, "")
     }
 
-    /// As [`Pair::new`], with more `[vip]` settings (timers) for every node.
+    /// As [`Pair::new`], with more `[vip]` settings (timers) for every node; the text may go
+    /// on with further sections (`[sync]`).
     pub fn with_vip(tag: &str, preempt: bool, vip_extra: &str) -> Pair {
         assert!(
             drill::nft_available(),
@@ -79,6 +82,7 @@ impl Pair {
             client,
             dirs,
             wit,
+            rs: rs.to_vec(),
             procs: vec![None; 3],
             tmp,
             vip_extra: vip_extra.to_string(),
@@ -182,8 +186,6 @@ address = "[2001:db8::22]:53"
         // Labs let `fulcrum drill --kill` crash their nodes through the API.
         text.push_str("[drill]\nallow_kill = true\n");
         text.push_str("[vip]\npreempt_delay_ms = 500\n");
-        text.push_str(&self.vip_extra);
-        text.push('\n');
         // keepalived-style notify hook: records its arguments.
         let hook = self.tmp.path().join(format!("notify{id}.sh"));
         let out = self.tmp.path().join(format!("notify{id}.out"));
@@ -195,6 +197,9 @@ address = "[2001:db8::22]:53"
         std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         text.push_str(&format!("notify = \"{}\"\n", hook.display()));
+        // Last: it may open further sections.
+        text.push_str(&self.vip_extra);
+        text.push('\n');
         std::fs::write(self.tmp.path().join(format!("node{id}.toml")), text).unwrap();
     }
 

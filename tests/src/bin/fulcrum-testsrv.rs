@@ -218,6 +218,8 @@ fn hold(args: &[String]) -> Result<()> {
     for _ in 0..count {
         let s = TcpStream::connect_timeout(&target, timeout)?;
         s.set_read_timeout(Some(timeout))?;
+        // Each message goes out at once (no Nagle wait on the server's delayed ACK).
+        s.set_nodelay(true)?;
         conns.push((
             BufReader::new(s.try_clone()?),
             s,
@@ -225,6 +227,11 @@ fn hold(args: &[String]) -> Result<()> {
             0u64,
             None::<String>,
         ));
+    }
+    if args.iter().any(|a| a == "--ready") {
+        // Every connection is established: the caller may act (e.g. kill a director) now.
+        println!("connected");
+        std::io::stdout().flush()?;
     }
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut round = 0u64;
@@ -234,7 +241,8 @@ fn hold(args: &[String]) -> Result<()> {
                 continue;
             }
             let msg = format!("c{i}-{round}");
-            let res = writeln!(w, "{msg}")
+            let res = w
+                .write_all(format!("{msg}\n").as_bytes())
                 .map_err(anyhow::Error::from)
                 .and_then(|_| {
                     let mut line = String::new();
