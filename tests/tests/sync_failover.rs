@@ -14,6 +14,7 @@ use fulcrum_tests::pair::Pair;
 use fulcrum_tests::pair::bin;
 use serde_json::Value;
 
+/// DR services on port 80; NAT services on 8080, persistent (their templates are synced too).
 /// The VIPs plus the real servers' gateway for NAT replies (192.0.2.1 / 2001:db8::1): part of
 /// the group, so it moves with it and the new owner gets the replies.
 fn cluster_toml(scheduler_dr: &str, scheduler_nat: &str) -> String {
@@ -46,6 +47,7 @@ address = "{r2}:80"
 key = "tcp/{vip}:8080"
 scheduler = "{scheduler_nat}"
 vip_group = "web"
+persistence_timeout = 300
 [[service.real]]
 address = "{r1}:80"
 forward = "nat"
@@ -175,6 +177,14 @@ fn assert_unbroken(pair: &Pair, name: &str, r: &Value, count: u64) {
     }
 }
 
+/// A short hold: every connection answered, all by `server`.
+fn assert_unbroken_short(pair: &Pair, r: &Value, server: &str) {
+    for c in r["conns"].as_array().unwrap() {
+        assert!(c["error"].is_null(), "{c}\n{}", pair.logs());
+        assert_eq!(c["server"].as_str(), Some(server), "persistence: {r}");
+    }
+}
+
 fn sync_status(pair: &Pair, via: u64) -> Value {
     let o = pair.cli(via, &["--json", "sync", "status"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -202,6 +212,15 @@ fn flows_survive_owner_kill_restart_failback_and_a_second_kill() {
         .map(|t| Holder::start(&mut pair, t, 100, 40, false))
         .collect();
     std::thread::sleep(Duration::from_secs(3));
+    let r = Holder::start(&mut pair, TARGETS[2], 4, 1, false).finish(&mut pair);
+    let persistent_server = r["conns"][0]["server"].as_str().unwrap().to_string();
+    assert_unbroken_short(&pair, &r, &persistent_server);
+    let templates = pair.cli(2, &["--json", "conn", "list"]);
+    let text = String::from_utf8_lossy(&templates.stdout);
+    assert!(
+        text.contains("\"template\": true"),
+        "director 2 holds the synced persistence templates: {text}"
+    );
     // And flows opened in the last few milliseconds before the kill.
     let mut fresh = vec![
         Holder::start(&mut pair, TARGETS[0], 25, 36, true),
@@ -212,6 +231,10 @@ fn flows_survive_owner_kill_restart_failback_and_a_second_kill() {
     pair.wait_for(Duration::from_secs(10), "director 2 to take over", |p| {
         p.state_here(2) == "master"
     });
+    // Persistence templates came along: new connections from the client still go to the
+    // real server its earlier ones went to.
+    let r = Holder::start(&mut pair, TARGETS[2], 4, 1, false).finish(&mut pair);
+    assert_unbroken_short(&pair, &r, &persistent_server);
     // The entries on director 2 came from director 1.
     let conns = pair.cli(2, &["--json", "conn", "list"]);
     let text = String::from_utf8_lossy(&conns.stdout);
