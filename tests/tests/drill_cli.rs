@@ -20,24 +20,18 @@ use fulcrum_tests::pair::bin;
 /// The lab with the drill's echo services on port 8080 (TCP and UDP, both VIPs, mh, DR).
 fn drill_lab(tag: &str) -> Pair {
     let mut p = Pair::new(tag, false);
-    let reals: Vec<_> = p
-        .lab
-        .hosts
-        .iter()
-        .filter(|h| h.name.starts_with("rs"))
-        .cloned()
-        .collect();
-    assert_eq!(reals.len(), 2);
-    for rs in &reals {
+    for rs in p.rs.clone() {
         // The lab put the VIPs on lo already: --vip-on-lo checks the ARP settings and keeps them.
         let idx = p
             .lab
             .spawn(
-                rs,
+                &rs,
                 &bin(fulcrum_tests::fulcrum_bin()),
                 &[
                     "drill",
                     "serve",
+                    "--name",
+                    &rs.name,
                     "--listen",
                     "[::]:8080",
                     "--vip-on-lo",
@@ -106,7 +100,7 @@ fn drill(p: &Pair, args: &[&str]) -> (Output, serde_json::Value) {
         args.join(" "),
         t.elapsed().as_secs_f64()
     );
-    let report = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
         panic!(
             "drill printed no report ({e}); exit {:?}\nstdout: {}\nstderr: {}\n{}",
             o.status.code(),
@@ -115,6 +109,9 @@ fn drill(p: &Pair, args: &[&str]) -> (Output, serde_json::Value) {
             p.logs()
         )
     });
+    if let Some(e) = report.get("error") {
+        panic!("drill failed: {e}\n{}", p.logs());
+    }
     (o, report)
 }
 
@@ -125,6 +122,17 @@ fn check_report(p: &Pair, o: &Output, r: &serde_json::Value, trigger: &str, from
     );
     eprintln!("{summary}");
     let flows = r["per_flow"].as_array().unwrap();
+    for f in flows {
+        eprintln!(
+            "  flow {} {} {} -> {}: recovered {} ms, longest stall {} ms",
+            f["flow"],
+            f["proto"],
+            f["target"],
+            f["server"],
+            f["recovered_ms"],
+            f["longest_stall_ms"]
+        );
+    }
     let broken: Vec<&serde_json::Value> = flows.iter().filter(|f| f["broken"] == true).collect();
     assert!(
         broken.is_empty() && r["passed"] == true && o.status.success(),

@@ -373,11 +373,14 @@ async fn run(server: &str, timeout: Duration, a: RunArgs) -> Result<Report> {
     let count = |table: Option<Vec<SocketAddr>>| {
         table.map(|clients| locals.iter().filter(|l| clients.contains(l)).count())
     };
+    // A flow alive at the end had an answer to something it sent in the last second (or the
+    // last three messages, when they are further apart).
+    let tail = Duration::from_secs(1).max(interval * 3);
     let per_flow = t
         .flows
         .iter()
         .zip(&logs)
-        .map(|(spec, log)| report::analyse(spec, log, event_off, end_off))
+        .map(|(spec, log)| report::analyse(spec, log, event_off, end_off, tail))
         .collect();
     Ok(Report::new(
         report::Header {

@@ -7,7 +7,9 @@
 //! - **longest stall** (per flow): the longest time between two replies, counted from the
 //!   first reply to the end of sending (a flow that went silent stalls until the end).
 //! - **broken**: the connection failed (reset, closed, refused), a reply came back wrong or
-//!   out of order, or no message sent after the event was ever answered.
+//!   out of order, no message sent after the event was ever answered, or the flow was silent
+//!   at the end (none of the messages sent in the last `tail` of the drill was answered: it
+//!   stalled for good).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,8 +41,15 @@ pub struct FlowResult {
     pub why: Option<String>,
 }
 
-/// One flow's verdict. `event` and `end` (end of sending) are offsets like the log's.
-pub fn analyse(spec: &FlowSpec, log: &FlowLog, event: Duration, end: Duration) -> FlowResult {
+/// One flow's verdict. `event` and `end` (end of sending) are offsets like the log's; `tail`
+/// is how long before the end a flow must have been answered to count as alive.
+pub fn analyse(
+    spec: &FlowSpec,
+    log: &FlowLog,
+    event: Duration,
+    end: Duration,
+    tail: Duration,
+) -> FlowResult {
     let first_after = log
         .replies
         .iter()
@@ -57,9 +66,18 @@ pub fn analyse(spec: &FlowSpec, log: &FlowLog, event: Duration, end: Duration) -
         }
         longest = longest.max(end.saturating_sub(last));
     }
+    let tail_from = end.saturating_sub(tail);
+    let alive_at_end = log
+        .replies
+        .iter()
+        .any(|(seq, _)| log.sent.get(*seq as usize).is_some_and(|t| *t >= tail_from));
     let why = match (&log.fault, recovered) {
         (Some(f), _) => Some(format!("{} (at {:.3} s)", f.what, f.at.as_secs_f64())),
         (None, None) => Some("no message sent after the event was answered".to_string()),
+        (None, Some(_)) if !alive_at_end => Some(format!(
+            "stalled for good: nothing sent in the last {:.1} s was answered",
+            tail.as_secs_f64()
+        )),
         (None, Some(_)) => None,
     };
     FlowResult {
@@ -300,7 +318,7 @@ mod tests {
     fn recovery_counts_only_messages_sent_after_the_event() {
         // Event at 950 ms; 1000..1300 lost; first message after the event to be answered is
         // the one sent at 1300 (answered at 1301).
-        let r = analyse(&spec(), &log(1000, 1300), d(950), d(2000));
+        let r = analyse(&spec(), &log(1000, 1300), d(950), d(2000), d(300));
         assert_eq!(r.recovered_ms, Some(351.0));
         assert!(!r.broken);
         assert_eq!(r.lost, 3);
@@ -315,23 +333,28 @@ mod tests {
         let mut l = log(1000, 1300);
         l.replies.retain(|(s, _)| *s != 9);
         l.replies.push((9, d(1001)));
-        let r = analyse(&spec(), &l, Duration::from_micros(900_500), d(2000));
+        let r = analyse(&spec(), &l, Duration::from_micros(900_500), d(2000), d(300));
         assert_eq!(r.recovered_ms, Some(1301.0 - 900.5));
     }
 
     #[test]
     fn silent_or_faulted_flows_are_broken() {
-        let r = analyse(&spec(), &log(1000, 5000), d(950), d(2000));
+        let r = analyse(&spec(), &log(1000, 5000), d(950), d(2000), d(300));
         assert!(r.broken);
         assert_eq!(r.recovered_ms, None);
         // Silent from 901 to the end of sending.
         assert_eq!(r.longest_stall_ms, 1099.0);
+        // Answered after the event, then silent to the end.
+        let r = analyse(&spec(), &log(1200, 5000), d(950), d(2000), d(300));
+        assert!(r.broken);
+        assert_eq!(r.recovered_ms, Some(51.0));
+        assert!(r.why.unwrap().contains("stalled for good"));
         let mut l = log(0, 0);
         l.fault = Some(Fault {
             at: d(1200),
             what: "receive: Connection reset by peer".into(),
         });
-        let r = analyse(&spec(), &l, d(950), d(2000));
+        let r = analyse(&spec(), &l, d(950), d(2000), d(300));
         assert!(r.broken);
         assert!(r.why.unwrap().contains("reset"));
     }
@@ -349,8 +372,8 @@ mod tests {
             ..before.clone()
         };
         let flows = vec![
-            analyse(&spec(), &log(1000, 1300), d(950), d(2000)),
-            analyse(&spec(), &log(1000, 1100), d(950), d(2000)),
+            analyse(&spec(), &log(1000, 1300), d(950), d(2000), d(300)),
+            analyse(&spec(), &log(1000, 1100), d(950), d(2000), d(300)),
         ];
         let h = |trigger| Header {
             group: "web".into(),
