@@ -306,12 +306,15 @@ fn traffic_raft_and_vip_ownership_show_in_the_metrics() {
         let l = [("service", svc.as_str())];
         let grew =
             |name: &str| after.get(name, &l).unwrap_or(0.0) - before.get(name, &l).unwrap_or(0.0);
+        // Every probe is one datagram from a fresh socket; the kernel may hand out a source
+        // port twice, which is one flow, so connections are checked loosely.
         assert!(
-            grew("fulcrum_service_connections_total") >= 40.0,
-            "{svc}\n{}",
+            grew("fulcrum_service_in_packets_total") >= 40.0,
+            "{svc}\nbefore:\n{}\nafter:\n{}",
+            before.text,
             after.text
         );
-        assert!(grew("fulcrum_service_in_packets_total") >= 40.0);
+        assert!(grew("fulcrum_service_connections_total") >= 30.0);
         assert!(grew("fulcrum_service_in_bytes_total") >= 40.0 * 28.0);
         // Per real server: both got some (mh spreads 40 flows), together all of them.
         let reals = after.matching("fulcrum_real_server_in_packets_total", &l);
@@ -322,7 +325,7 @@ fn traffic_raft_and_vip_ownership_show_in_the_metrics() {
         assert!(
             after.sum("fulcrum_real_server_connections_total", &l)
                 - before.sum("fulcrum_real_server_connections_total", &l)
-                >= 40.0
+                >= 30.0
         );
         for r in &reals {
             let rl = [
@@ -387,8 +390,15 @@ fn traffic_raft_and_vip_ownership_show_in_the_metrics() {
     let acquired_before = scrape_node(2)
         .get("fulcrum_vip_group_transitions_total", &acquired)
         .unwrap();
-    let o = p.cli(3, &["vip", "move", "web", "--to", "2"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A leadership hand-over (to the witness) may be under way: the new leader accepts the
+    // move once node 2 has renewed its lease with it.
+    p.wait_for(Duration::from_secs(10), "the move to be accepted", |p| {
+        let o = p.cli(3, &["vip", "move", "web", "--to", "2"]);
+        if !o.status.success() {
+            eprintln!("vip move: {}", String::from_utf8_lossy(&o.stderr).trim());
+        }
+        o.status.success()
+    });
     wait_until(
         Duration::from_secs(10),
         "node 2 to report the group",
