@@ -181,6 +181,10 @@ impl Node {
         };
 
         let metrics = fulcrum_node::metrics::node_metrics(&cluster, engine.clone(), &vip, cfg.role);
+        if let Some(r) = &replication {
+            let r = r.clone();
+            metrics.add(move |w: &mut fulcrum_node::metrics::MetricsWriter| r.write_metrics(w));
+        }
         if let Some(addr) = cfg.metrics {
             fulcrum_node::metrics::server::spawn(addr, metrics.clone(), stop.clone()).await?;
         }

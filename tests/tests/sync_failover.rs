@@ -290,6 +290,10 @@ fn a_partitioned_backup_falls_behind_resyncs_and_then_carries_the_flows() {
     pair.wait_for(Duration::from_secs(15), "director 2 current", |p| {
         peer(&sync_status(p, 1), 2)["current"] == Value::Bool(true)
     });
+    let scrape = |pair: &Pair| {
+        fulcrum_tests::metrics::scrape(Some(&pair.dirs[0].ns), &pair.metrics_addr(1)).unwrap()
+    };
+    let m0 = scrape(&pair);
     let mut before = Holder::start(&mut pair, TARGETS[0], 50, 30, true);
     let block = BridgeBlock::between(&pair.lab, &pair.dirs[0], &pair.dirs[1]).unwrap();
     // New flows while director 2 cannot hear director 1: more changes than the bound.
@@ -307,10 +311,32 @@ fn a_partitioned_backup_falls_behind_resyncs_and_then_carries_the_flows() {
             && p2["behind"] == Value::Bool(false)
             && p2["resyncs"].as_u64().unwrap_or(0) >= 2
     });
+    // The metrics tell the same story.
+    let m1 = scrape(&pair);
+    let peer2 = [("peer", "2")];
+    let moved =
+        |name: &str| m1.get(name, &peer2).unwrap_or(0.0) - m0.get(name, &peer2).unwrap_or(0.0);
+    assert!(moved("fulcrum_sync_sent_entries_total") >= 150.0, "sent");
+    assert!(moved("fulcrum_sync_acked_entries_total") >= 150.0, "acked");
+    assert!(moved("fulcrum_sync_dropped_entries_total") > 0.0, "dropped");
+    assert!(moved("fulcrum_sync_resyncs_total") >= 1.0, "resyncs");
+    assert_eq!(m1.get("fulcrum_sync_peer_current", &peer2), Some(1.0));
+    assert_eq!(m1.get("fulcrum_sync_peer_behind", &peer2), Some(0.0));
+    assert_eq!(
+        m1.kind("fulcrum_sync_retransmitted_entries_total"),
+        Some("counter")
+    );
     pair.kill(1);
     pair.wait_for(Duration::from_secs(10), "director 2 to take over", |p| {
         p.state_here(2) == "master"
     });
+    let m2 = fulcrum_tests::metrics::scrape(Some(&pair.dirs[1].ns), &pair.metrics_addr(2)).unwrap();
+    assert!(
+        m2.get("fulcrum_sync_received_entries_total", &[("peer", "1")])
+            .unwrap_or(0.0)
+            >= 150.0,
+        "director 2 counted what it received"
+    );
     let r = before.finish(&mut pair);
     assert_unbroken(&pair, "flows from before the partition", &r, 50);
     let r = during.finish(&mut pair);
