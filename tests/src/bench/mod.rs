@@ -1,4 +1,4 @@
-//! Building blocks of `fulcrum-bench`: the benchmarks themselves (`engine`, `conntable`) and
+//! Building blocks of `fulcrum-bench`: the benchmarks themselves (`engine`, `conntable`, `sync`, …) and
 //! what they share (CPU pinning, network-namespace threads, CPU accounting, statistics).
 
 pub mod conntable;

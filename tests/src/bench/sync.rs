@@ -2,7 +2,7 @@
 //! gRPC on loopback.
 //!
 //! The sender (`fulcrum_sync::stream::Sender`, default `SyncTimers`) runs in this process on
-//! one tokio worker, with the change generator, both pinned to CPU0. The receiver runs in a
+//! one tokio worker, with the change generator (the bench's main thread), both pinned to CPU0. The receiver runs in a
 //! child process, `fulcrum-bench sync-receiver`, pinned to CPU1: a `Receiver` over a
 //! `TableReplica` (a bare `ConnTable`) on one tokio worker, serving on 127.0.0.1. It counts
 //! the bytes it reads from the TCP connection and timestamps every batch it installs, and
@@ -16,10 +16,12 @@
 //! every `batch_interval` (2 ms).
 //!
 //! 1. Throughput: N changes pushed as fast as the stream takes them without dropping any:
-//!    never more than the queue's free room, never more than `max_lag_entries / 2` pushed
-//!    and not yet acknowledged (beyond `max_lag_entries` queued for a peer the sender drops
-//!    its changes and resyncs it instead). Measured from the first push to the sender
-//!    counting the last acknowledgement (and to the receiver installing the last entry).
+//!    never more than the queue's free room, never more than `batch_entries × window`
+//!    (131,072) pushed and not yet acknowledged, the most a peer may lag and still be
+//!    current (beyond `max_lag_entries` queued for a peer the sender would drop its changes
+//!    and resync it instead: the engine itself never waits). Measured from the first push to
+//!    the sender counting the last acknowledgement (and to the receiver installing the last
+//!    entry).
 //!    Side by side, in this process on one thread: the same entries encoded, decoded and
 //!    installed in a fresh table without gRPC (the upper bound of one core), its parts, and
 //!    the IPVS sync v1 codec on the same entries.
@@ -142,21 +144,34 @@ fn mac_stamp(mac: [u8; 6]) -> u64 {
     u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
 }
 
-/// User + system CPU ticks of a process so far (`/proc/PID/stat`).
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
-        return 0;
+/// A process's scheduler times so far, summed over its threads (`/proc/PID/task/*/schedstat`):
+/// (nanoseconds on a CPU, nanoseconds ready but waiting for one).
+fn sched_ns(pid: u32) -> (u64, u64) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
     };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    num(11) + num(12)
+    let mut t = (0, 0);
+    for e in dir.flatten() {
+        if let Some((run, wait)) = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+            .and_then(|tid| super::task_times(pid, tid))
+        {
+            t.0 += run;
+            t.1 += wait;
+        }
+    }
+    t
 }
 
-fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
+/// CPU use of a process between two `sched_ns` samples over `wall` seconds: (share of one
+/// core on a CPU, share of one core spent waiting for a CPU held by someone else).
+fn cpu_share(a: (u64, u64), b: (u64, u64), wall: f64) -> (f64, f64) {
+    (
+        b.0.saturating_sub(a.0) as f64 / 1e9 / wall,
+        b.1.saturating_sub(a.1) as f64 / 1e9 / wall,
+    )
 }
 
 /// The `i`th benchmark entry: IPv4 for even `i`, IPv6 for odd; 3/4 DR, 1/4 NAT; established;
@@ -168,7 +183,7 @@ fn entry(i: u64, now: u32) -> ConnEntry {
     let k = j % 8;
     // Ephemeral ports, distinct per host (k * 3677 < 28000 for k < 8).
     let cport = 32768 + ((k * 3677 + u64::from(host) * 13) % 28000) as u16;
-    let vport = if j % 3 == 0 { 443 } else { 80 };
+    let vport = if j.is_multiple_of(3) { 443 } else { 80 };
     let real = (j % 10) as u8;
     let nat = j % 4 == 3;
     let (client, virt, dest) = if v6 {
@@ -178,7 +193,16 @@ fn entry(i: u64, now: u32) -> ConnEntry {
         ]);
         let d = if nat {
             SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10 + u16::from(real))),
+                IpAddr::V6(Ipv6Addr::new(
+                    0xfd00,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x10 + u16::from(real),
+                )),
                 8080,
             )
         } else {
@@ -459,7 +483,6 @@ pub fn receiver(args: &[String]) -> Result<()> {
                     "complete": st.first().is_some_and(|p| p.complete),
                     "rx_bytes": read.load(Relaxed),
                     "tx_bytes": written.load(Relaxed),
-                    "cpu_ticks": cpu_ticks(std::process::id()),
                     "lag_us": {
                         "n": lags.len(),
                         "p50": percentile_u32(&lags, 0.5),
@@ -602,7 +625,7 @@ fn peer(sender: &Sender) -> PeerStatus {
     sender.status().into_iter().next().unwrap_or_default()
 }
 
-/// Polls the sender's status every 200 µs until `done`; fails after `limit`.
+/// Polls the sender's status every 500 µs until `done`; fails after `limit`.
 fn wait_status(
     sender: &Sender,
     what: &str,
@@ -618,7 +641,7 @@ fn wait_status(
         if Instant::now() > deadline {
             bail!("timed out waiting for {what}: {s:?}");
         }
-        std::thread::sleep(Duration::from_micros(200));
+        std::thread::sleep(Duration::from_micros(500));
     }
 }
 
@@ -698,8 +721,19 @@ struct ThroughputRun {
     tcp_bytes: u64,
     ack_bytes: u64,
     batches: u64,
+    /// Share of a core the sender process (generator included) ran / waited for a CPU.
     sender_cpu: f64,
+    sender_wait: f64,
     receiver_cpu: f64,
+    receiver_wait: f64,
+}
+
+/// Most changes the throughput generator keeps pushed and not yet acknowledged:
+/// `batch_entries × window`, the most a peer may lag and still count as current (beyond
+/// `max_lag_entries` queued for it, the sender would drop its changes and resync it).
+fn inflight_bound() -> u64 {
+    let t = SyncTimers::default();
+    (t.batch_entries * t.window) as u64
 }
 
 fn throughput_run(
@@ -712,23 +746,26 @@ fn throughput_run(
     let (mut link, _) = Link::start(rt, o, Arc::new(table_for(0)?), clock, n, true)?;
     let live = link.wait_live()?;
     let rx0 = link.rx.stats()?;
-    let bound = (SyncTimers::default().max_lag_entries / 2) as u64;
+    let bound = inflight_bound();
     let mut local: Vec<ConnEntry> = Vec::with_capacity(BLOCK);
     let (mut pushed, mut acked) = (0u64, 0u64);
+    // `status()` sorts the link's lag samples: ask at most once a millisecond.
+    let mut asked = Instant::now();
     let me = std::process::id();
-    let (cpu_tx0, cpu_rx0) = (cpu_ticks(me), cpu_ticks(link.rx.pid()));
+    let (cpu_tx0, cpu_rx0) = (sched_ns(me), sched_ns(link.rx.pid()));
     let t0 = mono_ns();
     while pushed < n {
         let queued = pushed - link.src.drained.load(Relaxed);
         let room_q = (QUEUE_CAP as u64).saturating_sub(queued);
         let mut room_l = (acked + bound).saturating_sub(pushed);
-        if room_l < BLOCK as u64 {
+        if room_l < BLOCK as u64 && asked.elapsed() >= Duration::from_millis(1) {
             acked = peer(&link.sender).acked - live.acked;
+            asked = Instant::now();
             room_l = (acked + bound).saturating_sub(pushed);
         }
         let k = room_q.min(room_l).min(BLOCK as u64).min(n - pushed);
         if k == 0 {
-            std::thread::sleep(Duration::from_micros(100));
+            std::thread::sleep(Duration::from_micros(200));
             continue;
         }
         local.extend_from_slice(&es[pushed as usize..(pushed + k) as usize]);
@@ -746,7 +783,7 @@ fn throughput_run(
         |s| s.acked - live.acked >= n,
     )?;
     let t_ack = mono_ns();
-    let (cpu_tx1, cpu_rx1) = (cpu_ticks(me), cpu_ticks(link.rx.pid()));
+    let (cpu_tx1, cpu_rx1) = (sched_ns(me), sched_ns(link.rx.pid()));
     let rx1 = link.rx.stats()?;
     if link.src.queue.dropped() != 0 || st.dropped != 0 || st.resyncs != 1 {
         bail!(
@@ -760,7 +797,8 @@ fn throughput_run(
         bail!("the receiver's table holds {} of {n}", rx1["table_len"]);
     }
     let wall = (t_ack - t0) as f64 / 1e9;
-    let tps = ticks_per_sec();
+    let (sender_cpu, sender_wait) = cpu_share(cpu_tx0, cpu_tx1, wall);
+    let (receiver_cpu, receiver_wait) = cpu_share(cpu_rx0, cpu_rx1, wall);
     Ok(ThroughputRun {
         secs_ack: wall,
         secs_apply: u(&rx1, &["installed", "last_ns"]).saturating_sub(t0) as f64 / 1e9,
@@ -772,8 +810,10 @@ fn throughput_run(
         tcp_bytes: u(&rx1, &["rx_bytes"]) - u(&rx0, &["rx_bytes"]),
         ack_bytes: u(&rx1, &["tx_bytes"]) - u(&rx0, &["tx_bytes"]),
         batches: u(&rx1, &["installed", "batches"]) - u(&rx0, &["installed", "batches"]),
-        sender_cpu: (cpu_tx1 - cpu_tx0) as f64 / tps / wall,
-        receiver_cpu: (cpu_rx1 - cpu_rx0) as f64 / tps / wall,
+        sender_cpu,
+        sender_wait,
+        receiver_cpu,
+        receiver_wait,
     })
 }
 
@@ -949,8 +989,11 @@ struct LagRun {
     tcp_bytes: u64,
     ack_bytes: u64,
     batches: u64,
+    /// Share of a core the sender process (generator included) ran / waited for a CPU.
     sender_cpu: f64,
+    sender_wait: f64,
     receiver_cpu: f64,
+    receiver_wait: f64,
 }
 
 fn lag_run(
@@ -964,7 +1007,7 @@ fn lag_run(
     let live = link.wait_live()?;
     let rx0 = link.rx.stats()?;
     let me = std::process::id();
-    let (cpu_tx0, cpu_rx0) = (cpu_ticks(me), cpu_ticks(link.rx.pid()));
+    let (cpu_tx0, cpu_rx0) = (sched_ns(me), sched_ns(link.rx.pid()));
     let mut local: Vec<ConnEntry> = Vec::with_capacity(BLOCK);
     let mut pushed = 0u64;
     let start = Instant::now();
@@ -984,7 +1027,7 @@ fn lag_run(
     }
     let offered = n as f64 / start.elapsed().as_secs_f64();
     let wall = start.elapsed().as_secs_f64();
-    let (cpu_tx1, cpu_rx1) = (cpu_ticks(me), cpu_ticks(link.rx.pid()));
+    let (cpu_tx1, cpu_rx1) = (sched_ns(me), sched_ns(link.rx.pid()));
     let st = wait_status(
         &link.sender,
         "the last acknowledgement",
@@ -1000,7 +1043,8 @@ fn lag_run(
             rx1["table_len"]
         );
     }
-    let tps = ticks_per_sec();
+    let (sender_cpu, sender_wait) = cpu_share(cpu_tx0, cpu_tx1, wall);
+    let (receiver_cpu, receiver_wait) = cpu_share(cpu_rx0, cpu_rx1, wall);
     Ok(LagRun {
         offered,
         n: u(&rx1, &["lag_us", "n"]),
@@ -1014,8 +1058,10 @@ fn lag_run(
         tcp_bytes: u(&rx1, &["rx_bytes"]) - u(&rx0, &["rx_bytes"]),
         ack_bytes: u(&rx1, &["tx_bytes"]) - u(&rx0, &["tx_bytes"]),
         batches: u(&rx1, &["installed", "batches"]) - u(&rx0, &["installed", "batches"]),
-        sender_cpu: (cpu_tx1 - cpu_tx0) as f64 / tps / wall,
-        receiver_cpu: (cpu_rx1 - cpu_rx0) as f64 / tps / wall,
+        sender_cpu,
+        sender_wait,
+        receiver_cpu,
+        receiver_wait,
     })
 }
 
@@ -1058,8 +1104,8 @@ fn resync_run(
     }
     Ok(ResyncRun {
         secs,
-        secs_rx: u(&rx, &["installed", "last_ns"]).saturating_sub(u(&rx, &["installed", "first_ns"]))
-            as f64
+        secs_rx: u(&rx, &["installed", "last_ns"])
+            .saturating_sub(u(&rx, &["installed", "first_ns"])) as f64
             / 1e9,
         tcp_bytes: u(&rx, &["rx_bytes"]),
         record_bytes: st.wire_bytes,
@@ -1117,7 +1163,10 @@ fn sizes(now: u32) -> Result<Vec<SizeRow>> {
         ("IPv6 TCP established, DR, client MAC", &v6),
         ("IPv4 TCP established, NAT, client MAC", &v4nat),
         ("IPv6 TCP established, NAT, client MAC", &v6nat),
-        ("IPv4 connection of a persistent service (+ persistence)", &v4p),
+        (
+            "IPv4 connection of a persistent service (+ persistence)",
+            &v4p,
+        ),
         ("IPv4 persistence template", &t4),
         ("IPv6 persistence template", &t6),
     ] {
@@ -1196,13 +1245,18 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("--rate x --seconds: at most 20,000,000 changes");
     }
     let load_before = loadavg();
-    eprintln!("machine: {}; load {load_before}", machine());
+    // Before pinning: `machine()` counts the CPUs this thread may use.
+    let machine = machine();
+    eprintln!("machine: {machine}; load {load_before}");
     let clock = CoarseClock::new();
     let now = clock.now();
     let es = entries(o.entries, now);
 
     // Baselines: one thread on the receiver's CPU, before any child exists.
-    eprintln!("baselines (one thread on CPU{}, no gRPC) ...", o.receiver_cpu);
+    eprintln!(
+        "baselines (one thread on CPU{}, no gRPC) ...",
+        o.receiver_cpu
+    );
     let base: Vec<(Base, Vec<f64>)> = {
         let es = es.clone();
         let cpu = o.receiver_cpu;
@@ -1331,7 +1385,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let mut h = String::new();
     use std::fmt::Write as _;
-    writeln!(h, "machine: {}", machine())?;
+    writeln!(h, "machine: {machine}")?;
     writeln!(
         h,
         "load average before {load_before}, after {load_after}; sender + generator on CPU{}, receiver process on CPU{}; SyncTimers::default()",
@@ -1387,13 +1441,16 @@ pub fn run(args: &[String]) -> Result<()> {
     )?;
     writeln!(
         h,
-        "while saturated: lag push -> installed p50 {} p99 {} max {} (median of runs); sender lag_p99_us {}; CPU sender process {:.0} %, receiver process {:.0} % of a core; {:.0} batches of {:.0} entries on average",
+        "while saturated (up to {} changes pushed and not yet acknowledged): lag push -> installed p50 {} p99 {} max {} (median of runs); sender lag_p99_us {}; on CPU: sender process {:.0} %, receiver process {:.0} % of a core; ready but waiting for a CPU: {:.0} % / {:.0} %; {:.0} batches of {:.0} entries on average",
+        inflight_bound(),
         ms(median(tp.iter().map(|x| x.lag_p50_us as f64)).median as u64),
         ms(median(tp.iter().map(|x| x.lag_p99_us as f64)).median as u64),
         ms(median(tp.iter().map(|x| x.lag_max_us as f64)).median as u64),
         ms(median(tp.iter().map(|x| x.sender_lag_p99_us as f64)).median as u64),
         100.0 * median(tp.iter().map(|x| x.sender_cpu)).median,
         100.0 * median(tp.iter().map(|x| x.receiver_cpu)).median,
+        100.0 * median(tp.iter().map(|x| x.sender_wait)).median,
+        100.0 * median(tp.iter().map(|x| x.receiver_wait)).median,
         tp_batches.median,
         o.entries as f64 / tp_batches.median
     )?;
@@ -1416,14 +1473,20 @@ pub fn run(args: &[String]) -> Result<()> {
         ms(lag.p99_us),
         ms(lag.p999_us),
         ms(lag.max_us),
-        if lag.p99_us <= 10_000 { "met" } else { "MISSED" }
+        if lag.p99_us <= 10_000 {
+            "met"
+        } else {
+            "MISSED"
+        }
     )?;
     writeln!(
         h,
-        "sender's own lag_p99_us (drain before the batch -> ack, last 4096 batches): {}; CPU sender process {:.1} %, receiver process {:.1} % of a core; {} batches of {:.0} entries on average",
+        "sender's own lag_p99_us (drain before the batch -> ack, last 4096 batches): {}; on CPU: sender process {:.1} %, receiver process {:.1} % of a core; ready but waiting for a CPU: {:.1} % / {:.1} %; {} batches of {:.0} entries on average",
         ms(lag.sender_lag_p99_us),
         100.0 * lag.sender_cpu,
         100.0 * lag.receiver_cpu,
+        100.0 * lag.sender_wait,
+        100.0 * lag.receiver_wait,
         lag.batches,
         lag.n as f64 / lag.batches.max(1) as f64
     )?;
@@ -1483,15 +1546,23 @@ pub fn run(args: &[String]) -> Result<()> {
     writeln!(
         h,
         "| TCP payload read by the receiver per entry (records) | {:.1} B ({:.1} B) |",
-        median(rs.iter().map(|x| x.tcp_bytes as f64 / o.resync.max(1) as f64)).median,
-        median(rs.iter().map(|x| x.record_bytes as f64 / o.resync.max(1) as f64)).median
+        median(
+            rs.iter()
+                .map(|x| x.tcp_bytes as f64 / o.resync.max(1) as f64)
+        )
+        .median,
+        median(
+            rs.iter()
+                .map(|x| x.record_bytes as f64 / o.resync.max(1) as f64)
+        )
+        .median
     )?;
 
     if o.json {
         eprint!("{h}");
         let sp = |s: Spread| json!({"median": s.median, "min": s.min, "max": s.max});
         let v = json!({
-            "machine": machine(),
+            "machine": machine,
             "load_before": load_before,
             "load_after": load_after,
             "options": {
@@ -1511,6 +1582,7 @@ pub fn run(args: &[String]) -> Result<()> {
                     "sender_lag_p99_us": x.sender_lag_p99_us, "record_bytes": x.record_bytes,
                     "tcp_bytes": x.tcp_bytes, "ack_bytes": x.ack_bytes, "batches": x.batches,
                     "sender_cpu": x.sender_cpu, "receiver_cpu": x.receiver_cpu,
+                    "sender_wait": x.sender_wait, "receiver_wait": x.receiver_wait,
                 })).collect::<Vec<_>>(),
             },
             "lag": {
@@ -1520,6 +1592,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 "record_bytes": lag.record_bytes, "tcp_bytes": lag.tcp_bytes,
                 "ack_bytes": lag.ack_bytes, "batches": lag.batches,
                 "sender_cpu": lag.sender_cpu, "receiver_cpu": lag.receiver_cpu,
+                "sender_wait": lag.sender_wait, "receiver_wait": lag.receiver_wait,
             },
             "bytes": {
                 "records": size_rows.iter().map(|r| json!({"entry": r.what, "fulcrum": r.fulcrum, "ipvs_v1": r.ipvs})).collect::<Vec<_>>(),

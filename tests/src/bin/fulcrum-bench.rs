@@ -262,7 +262,9 @@ fn main() -> Result<()> {
         // The receiving end of `sync`, started by it as a child process.
         "sync-receiver" => fulcrum_tests::bench::sync::receiver(rest),
         other => {
-            bail!("unknown benchmark {other:?}; available: config, engine, conntable, takeover, sync")
+            bail!(
+                "unknown benchmark {other:?}; available: config, engine, conntable, takeover, sync"
+            )
         }
     }
 }
