@@ -1,5 +1,6 @@
-//! Building blocks of `fulcrum-bench`: the benchmarks themselves (`engine`, `conntable`, `sync`, …) and
-//! what they share (CPU pinning, network-namespace threads, CPU accounting, statistics).
+//! Building blocks of `fulcrum-bench`: the benchmarks themselves (`engine`, `conntable`,
+//! `sync`, ...) and what they share (CPU pinning, network-namespace threads, CPU accounting,
+//! statistics).
 
 pub mod conntable;
 pub mod engine;
