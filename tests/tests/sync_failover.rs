@@ -222,7 +222,7 @@ fn flows_survive_owner_kill_restart_failback_and_a_second_kill() {
         "director 2 holds the synced persistence templates: {text}"
     );
     // And flows opened in the last few milliseconds before the kill.
-    let mut fresh = vec![
+    let mut fresh = [
         Holder::start(&mut pair, TARGETS[0], 25, 36, true),
         Holder::start(&mut pair, TARGETS[3], 25, 36, true),
     ];

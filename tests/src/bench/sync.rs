@@ -96,8 +96,8 @@ use tokio::io::AsyncRead;
 use tokio::io::AsyncWrite;
 use tokio::io::ReadBuf;
 // tonic's re-export, so this crate needs no dependency of its own for one listener stream.
-use tonic::codegen::tokio_stream::StreamExt;
-use tonic::codegen::tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::Connected;
 use tonic::transport::server::TcpConnectInfo;
 
