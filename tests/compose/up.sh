@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Docker demo in one command: builds the image from this workspace, starts docker-compose.yml
 # (two directors, a witness, two DR real servers, a client; `setup` applies cluster.toml), waits
-# until a director owns the VIPs, and prints the cluster status. Tear down: docker compose down -v
+# until a director owns the VIPs, and prints the cluster status. Tear down: docker compose down
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash tests/compose/build-images.sh
@@ -20,5 +20,5 @@ The demo is up. Run a failover drill from the client container:
   ${dc[*]} exec client fulcrum drill --move
   ${dc[*]} exec client fulcrum drill --kill --yes-kill-the-owner
 Restart a killed director:  ${dc[*]} start director1
-Tear everything down:       ${dc[*]} down -v
+Tear everything down:       ${dc[*]} down
 MSG
