@@ -82,6 +82,10 @@ fn drill_lab(tag: &str) -> Pair {
     let o = p.cli(3, &["apply", "-f", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(&path);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The new services answer through both VIPs before any drill starts.
+    p.wait_for(Duration::from_secs(15), "replies on port 8080", |p| {
+        p.probe_ok(&format!("{VIP4}:8080")) && p.probe_ok(&format!("[{VIP6}]:8080"))
+    });
     p
 }
 
