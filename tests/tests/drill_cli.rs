@@ -89,13 +89,13 @@ fn drill_lab(tag: &str) -> Pair {
     p
 }
 
-/// `fulcrum --json drill ARGS` from the client, through the witness; its report.
-fn drill(p: &Pair, args: &[&str]) -> (Output, serde_json::Value) {
+/// `fulcrum --json drill ARGS` from the client, through node `via`; its report.
+fn drill(p: &Pair, via: u64, args: &[&str]) -> (Output, serde_json::Value) {
     let t = Instant::now();
     let o = p
         .client
         .command(&bin(fulcrum_tests::fulcrum_bin()))
-        .args(["--server", &p.addr(3), "--json", "drill"])
+        .args(["--server", &p.addr(via), "--json", "drill"])
         .args(args)
         .output()
         .unwrap();
@@ -188,13 +188,14 @@ fn drill_move_then_kill_in_the_lab() {
 
     let mut args = vec!["--move", "--to", "2"];
     args.extend(common);
-    let (o, r) = drill(&p, &args);
+    let (o, r) = drill(&p, 3, &args);
     check_report(&p, &o, &r, "move", 1, 2);
     assert_eq!(p.owner(3), Some(2));
 
     let mut args = vec!["--kill", "--yes-kill-the-owner"];
     args.extend(common);
-    let (o, r) = drill(&p, &args);
+    // Through the owner itself: the drill watches the takeover from another node.
+    let (o, r) = drill(&p, 2, &args);
     check_report(&p, &o, &r, "kill", 2, 1);
     // The killed director is gone for good (nothing restarts it here), the other owns the group.
     assert_eq!(p.owner(3), Some(1));

@@ -159,6 +159,8 @@ impl Trigger {
 struct Target {
     group: String,
     owner: u64,
+    /// The node `--server` reached.
+    via: u64,
     addrs: std::collections::BTreeMap<u64, String>,
     flows: Vec<FlowSpec>,
 }
@@ -210,7 +212,7 @@ async fn run(server: &str, timeout: Duration, a: RunArgs) -> Result<Report> {
     // Who to ask about the cluster after the event: not the node about to die.
     let observer = match trigger {
         Trigger::Kill => {
-            let addr = if t.addrs.get(&t.owner).is_some_and(|o| o == server) {
+            let addr = if t.via == t.owner {
                 t.addrs
                     .iter()
                     .find(|(id, _)| **id != t.owner)
@@ -552,6 +554,7 @@ async fn discover(conn: &Conn, a: &RunArgs) -> Result<Target> {
     Ok(Target {
         group: group.name.clone(),
         owner,
+        via: status.node_id,
         addrs,
         flows,
     })
