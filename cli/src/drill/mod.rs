@@ -189,6 +189,14 @@ async fn run(server: &str, timeout: Duration, a: RunArgs) -> Result<Report> {
     }
     let conn = Conn::open(server, timeout).await?;
     let t = discover(&conn, &a).await?;
+    if let Trigger::Move(Some(to)) = trigger
+        && to == t.owner
+    {
+        bail!(
+            "node {to} already owns VIP group {:?}: --to another director",
+            t.group
+        );
+    }
     let owner_addr = t
         .addrs
         .get(&t.owner)
