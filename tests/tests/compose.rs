@@ -261,8 +261,8 @@ fn compose_demo_survives_a_kill_of_the_owner() {
 
     // Nothing privileged; capabilities only where needed.
     for (service, caps) in [
-        ("director1", "NET_ADMIN NET_RAW IPC_LOCK"),
-        ("director2", "NET_ADMIN NET_RAW IPC_LOCK"),
+        ("director1", "NET_ADMIN NET_RAW"),
+        ("director2", "NET_ADMIN NET_RAW"),
         ("witness", ""),
         ("rs1", "NET_ADMIN"),
         ("rs2", "NET_ADMIN"),

@@ -150,19 +150,36 @@ impl PacketSocket {
             &1 as &libc::c_int,
         )?;
         let ring_len = cfg.block_size as usize * cfg.block_count as usize;
-        // SAFETY: mapping the ring the kernel just allocated for this socket.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_LOCKED,
-                fd.as_raw_fd(),
-                0,
-            )
+        let map = |flags: libc::c_int| {
+            // SAFETY: mapping the ring the kernel just allocated for this socket.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    ring_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    flags,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            }
         };
+        // Locked, so the ring is never paged out; where the memlock limit forbids it (a
+        // container without CAP_IPC_LOCK) the ring works unlocked all the same.
+        let mut ptr = map(libc::MAP_SHARED | libc::MAP_LOCKED);
         if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            let locked_err = io::Error::last_os_error();
+            ptr = map(libc::MAP_SHARED);
+            if ptr == libc::MAP_FAILED {
+                return Err(io::Error::other(format!(
+                    "mapping the packet ring ({ring_len} bytes): {}",
+                    io::Error::last_os_error()
+                )));
+            }
+            tracing::warn!(
+                bytes = ring_len,
+                "packet ring not locked in memory ({locked_err}); raise the memlock limit or \
+                 grant CAP_IPC_LOCK to keep it from being paged out"
+            );
         }
         let ring =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
