@@ -360,6 +360,26 @@ struct Walk {
     live_turn: bool,
 }
 
+/// Starts a full snapshot for `link`: what was queued for it is dropped (the snapshot reads the
+/// table after those changes) and the peer counts as behind until the snapshot is acknowledged.
+fn begin_snapshot(link: &Link) -> Walk {
+    {
+        let mut p = lock(&link.pending);
+        p.batches.clear();
+        p.entries = 0;
+        p.need_snapshot = false;
+    }
+    let mut s = lock(&link.status);
+    s.resyncs += 1;
+    s.behind = true;
+    tracing::info!(peer = link.node, "sync: sending a full snapshot");
+    Walk {
+        cursor: SnapshotCursor::new(),
+        begun: false,
+        live_turn: false,
+    }
+}
+
 async fn run_connection(
     inner: &Arc<Inner>,
     link: &Arc<Link>,
@@ -433,22 +453,7 @@ async fn run_connection(
         );
     } else {
         mem.outstanding.clear();
-        {
-            let mut p = lock(&link.pending);
-            // Superseded: the snapshot reads the table after them.
-            p.batches.clear();
-            p.entries = 0;
-            p.need_snapshot = false;
-        }
-        walk = Some(Walk {
-            cursor: SnapshotCursor::new(),
-            begun: false,
-            live_turn: false,
-        });
-        let mut s = lock(&link.status);
-        s.resyncs += 1;
-        s.behind = true;
-        tracing::info!(peer = link.node, "sync: sending a full snapshot");
+        walk = Some(begin_snapshot(link));
     }
     mem.receiver_session = Some(welcome.session);
     lock(&link.status).state = if walk.is_some() {
@@ -482,20 +487,8 @@ async fn run_connection(
             } else {
                 // A peer that fell behind mid-stream gets a snapshot on this connection.
                 if walk.is_none() && lock(&link.pending).need_snapshot {
-                    {
-                        let mut p = lock(&link.pending);
-                        p.need_snapshot = false;
-                        p.batches.clear();
-                        p.entries = 0;
-                    }
-                    walk = Some(Walk {
-                        cursor: SnapshotCursor::new(),
-                        begun: false,
-                        live_turn: false,
-                    });
-                    let mut s = lock(&link.status);
-                    s.resyncs += 1;
-                    s.state = LinkState::Resyncing;
+                    walk = Some(begin_snapshot(link));
+                    lock(&link.status).state = LinkState::Resyncing;
                 }
                 let live = {
                     let take_live = walk.as_ref().is_none_or(|w| w.live_turn);
