@@ -455,18 +455,19 @@ impl Out {
         }
         println!("node {} receives from:", r.node);
         println!(
-            "{:<6} {:<10} {:<9} {:>10} {:>12} {:>9} {:>10}",
-            "peer", "connected", "complete", "applied", "entries", "snapshots", "last"
+            "{:<6} {:<10} {:<9} {:>10} {:>12} {:>9} {:>8} {:>10}",
+            "peer", "connected", "complete", "applied", "entries", "snapshots", "swept", "last"
         );
         for s in &r.sources {
             println!(
-                "{:<6} {:<10} {:<9} {:>10} {:>12} {:>9} {:>10}",
+                "{:<6} {:<10} {:<9} {:>10} {:>12} {:>9} {:>8} {:>10}",
                 s.node,
                 if s.connected { "yes" } else { "no" },
                 if s.complete { "yes" } else { "no" },
                 s.applied_seq,
                 s.entries,
                 s.snapshots,
+                s.swept,
                 ms(s.last_batch_ms)
             );
         }

@@ -222,6 +222,12 @@ impl Replication {
                 &l,
                 s.snapshots,
             );
+            w.counter(
+                "fulcrum_sync_received_swept_entries_total",
+                "Replicated entries removed after a snapshot from the peer no longer had them.",
+                &l,
+                s.swept,
+            );
             w.gauge(
                 "fulcrum_sync_source_connected",
                 "1 while the peer streams to this node.",

@@ -153,6 +153,7 @@ impl ConnectionsRpc for ConnectionsApi {
                 rejected: s.rejected,
                 snapshots: s.snapshots,
                 last_batch_ms: age(s.last_batch_ms),
+                swept: s.swept,
             })
             .collect();
         Ok(Response::new(pb::SyncStatusReply {

@@ -608,6 +608,26 @@ impl fulcrum_sync::stream::Replica for SyncSide {
         }
         rejected
     }
+
+    fn sweep(&self, from: u64, older_than: u32) -> u64 {
+        let snap = self
+            .0
+            .snap
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let slot = fulcrum_sync::stream::origin_slot(from);
+        let now = self.0.clock.now();
+        let mut gone = Vec::new();
+        self.0.table.remove_where(
+            |e| e.origin() == slot && e.synced_age(now) > older_than,
+            &mut gone,
+        );
+        for e in &gone {
+            unbind(&snap, e);
+        }
+        gone.len() as u64
+    }
 }
 
 /// Counts a replicated entry in its real server's counters, as IPVS does on a backup.

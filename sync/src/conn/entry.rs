@@ -436,9 +436,15 @@ impl ConnEntry {
         due
     }
 
-    /// Stamps a new entry as synced at `now` (the caller replicates it right away).
-    pub(crate) fn mark_synced(&mut self, now: u32) {
+    /// Stamps the entry as synced at `now`: on the sender, a new entry replicated right away; on
+    /// a receiver, an entry just received (its age then tells stale copies from fresh ones).
+    pub fn mark_synced(&mut self, now: u32) {
         self.synced_at = now as u16;
+    }
+
+    /// Seconds since the entry was last stamped by `mark_synced` (modulo 65536).
+    pub fn synced_age(&self, now: u32) -> u32 {
+        u32::from((now as u16).wrapping_sub(self.synced_at))
     }
 
     /// NAT connections are found by their replies too.

@@ -57,4 +57,14 @@ impl Replica for TableReplica {
         }
         rejected
     }
+
+    fn sweep(&self, from: u64, older_than: u32) -> u64 {
+        let slot = origin_slot(from);
+        let now = self.clock.now();
+        let mut gone = Vec::new();
+        self.table.remove_where(
+            |e| e.origin() == slot && e.synced_age(now) > older_than,
+            &mut gone,
+        ) as u64
+    }
 }

@@ -63,6 +63,10 @@ pub trait Replica: Send + Sync + 'static {
     fn now(&self) -> u32;
     /// Installs entries replicated from node `from`; returns how many it could not install.
     fn install(&self, from: u64, entries: &mut [ConnEntry]) -> u64;
+    /// After a complete snapshot from `from`: removes the entries replicated from it that were
+    /// not received for `older_than` seconds or more (the snapshot, which took less, did not
+    /// carry them: the flow ended while the link was down). Returns how many went.
+    fn sweep(&self, from: u64, older_than: u32) -> u64;
 }
 
 /// The origin slot stored in an entry for node id `node` (0 means local; ids beyond 254

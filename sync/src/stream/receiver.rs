@@ -34,6 +34,8 @@ struct FromPeer {
     /// Which stream is the live one: an older stream of the same sender stops applying.
     stream: u64,
     complete: bool,
+    /// Table clock when the snapshot under way began.
+    snapshot_started: Option<u32>,
     status: ReceiverStatus,
     last_batch: Option<Instant>,
 }
@@ -224,15 +226,39 @@ fn apply(inner: &Inner, from: u64, batch: &Batch, entries: &mut Vec<ConnEntry>) 
             }
         }
     }
+    if batch.snapshot_begin {
+        // Before installing the first chunk: its entries are stamped at `now` or later.
+        let mut peers = lock(&inner.peers);
+        let p = peers.entry(from).or_default();
+        p.complete = false;
+        p.snapshot_started = Some(now);
+    }
     let rejected = bad + inner.replica.install(from, entries);
+    let mut swept = 0;
+    if kind == BatchKind::SnapshotEnd {
+        let started = lock(&inner.peers)
+            .get(&from)
+            .and_then(|p| p.snapshot_started);
+        if let Some(start) = started {
+            swept = inner
+                .replica
+                .sweep(from, inner.replica.now().saturating_sub(start));
+            if swept > 0 {
+                tracing::info!(
+                    peer = from,
+                    swept,
+                    "sync: removed entries the snapshot no longer had"
+                );
+            }
+        }
+    }
     let mut peers = lock(&inner.peers);
     let p = peers.entry(from).or_default();
-    if batch.snapshot_begin {
-        p.complete = false;
-    }
     if kind == BatchKind::SnapshotEnd {
         p.complete = true;
+        p.snapshot_started = None;
         p.status.snapshots += 1;
+        p.status.swept += swept;
     }
     if batch.seq > p.applied {
         p.applied = batch.seq;

@@ -260,6 +260,8 @@ impl<'a> Reader<'a> {
         e.set_persistence(persistence);
         e.set_pe(pe);
         e.set_client_mac(mac);
+        // Received now: a snapshot's end sweeps copies older than the snapshot.
+        e.mark_synced(now);
         Ok(e)
     }
 }

@@ -64,6 +64,8 @@ pub struct ReceiverStatus {
     pub entries: u64,
     pub rejected: u64,
     pub snapshots: u64,
+    /// Entries removed after a snapshot because the snapshot no longer had them.
+    pub swept: u64,
     /// Milliseconds since the last batch or heartbeat.
     pub last_batch_ms: Option<u64>,
 }

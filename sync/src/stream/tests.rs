@@ -237,3 +237,37 @@ async fn a_stream_from_another_cluster_or_record_version_is_refused() {
     tx.stop();
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_sweeps_the_copies_of_flows_that_ended_meanwhile() {
+    let addr = free_addr();
+    let rep = replica();
+    let (rx, _srv) = serve(rep.clone(), addr, 2).await;
+    let first = source();
+    let tx = sender_over(&first, SyncTimers::default());
+    tx.set_peers(&[(2, addr.to_string())]);
+    for i in 0..3000 {
+        change(&first, entry(i));
+    }
+    wait_for("first copy", || rep.table.len() == 3000).await;
+    tx.stop();
+    // Node 1 restarts; meanwhile 2000 of its flows ended. The copies are stamped in whole
+    // seconds: let the snapshot start in a later second than they were received.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let second = source();
+    for i in 0..1000 {
+        second.table.upsert(entry(i)).unwrap();
+    }
+    let tx2 = sender_over(&second, SyncTimers::default());
+    tx2.set_peers(&[(2, addr.to_string())]);
+    wait_for("snapshot and sweep", || {
+        rx.status()
+            .first()
+            .is_some_and(|s| s.complete && s.swept == 2000)
+    })
+    .await;
+    assert_eq!(rep.table.len(), 1000);
+    assert!(rep.table.lookup(entry(999).key()).is_some());
+    assert!(rep.table.lookup(entry(1000).key()).is_none());
+    tx2.stop();
+}

@@ -325,6 +325,9 @@ impl Replica for TimedReplica {
         }
         rejected
     }
+    fn sweep(&self, from: u64, older_than: u32) -> u64 {
+        self.inner.sweep(from, older_than)
+    }
 }
 
 /// A TCP connection that counts the bytes read and written through it.
