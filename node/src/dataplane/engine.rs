@@ -619,8 +619,14 @@ impl fulcrum_sync::stream::Replica for SyncSide {
         let slot = fulcrum_sync::stream::origin_slot(from);
         let now = self.0.clock.now();
         let mut gone = Vec::new();
+        // Flows of VIPs this director forwards are its own now (taken over, maybe idle and not
+        // yet adopted by a packet): a peer's snapshot does not speak for them.
         self.0.table.remove_where(
-            |e| e.origin() == slot && e.synced_age(now) > older_than,
+            |e| {
+                e.origin() == slot
+                    && e.synced_age(now) > older_than
+                    && !snap.owns(&e.virtual_addr().ip())
+            },
             &mut gone,
         );
         for e in &gone {

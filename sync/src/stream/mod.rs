@@ -65,7 +65,8 @@ pub trait Replica: Send + Sync + 'static {
     fn install(&self, from: u64, entries: &mut [ConnEntry]) -> u64;
     /// After a complete snapshot from `from`: removes the entries replicated from it that were
     /// not received for `older_than` seconds or more (the snapshot, which took less, did not
-    /// carry them: the flow ended while the link was down). Returns how many went.
+    /// carry them: the flow ended while the link was down). Entries of VIPs this node forwards
+    /// now are its own and stay. Returns how many went.
     fn sweep(&self, from: u64, older_than: u32) -> u64;
 }
 
