@@ -18,15 +18,19 @@ use serde_json::Value;
 /// The VIPs plus the real servers' gateway for NAT replies (192.0.2.1 / 2001:db8::1): part of
 /// the group, so it moves with it and the new owner gets the replies.
 fn cluster_toml(scheduler_dr: &str, scheduler_nat: &str) -> String {
-    let mut t = String::from(
+    cluster_toml_with(scheduler_dr, scheduler_nat, true)
+}
+
+fn cluster_toml_with(scheduler_dr: &str, scheduler_nat: &str, preempt: bool) -> String {
+    let mut t = format!(
         r#"
 [[vip_group]]
 name = "web"
 vips = ["192.0.2.100", "2001:db8::100", "192.0.2.1", "2001:db8::1"]
 interface = "eth0"
 preferred_owner = 1
-preempt = true
-"#,
+preempt = {preempt}
+"#
     );
     for (vip, r1, r2) in [
         ("192.0.2.100", "192.0.2.33", "192.0.2.34"),
@@ -114,6 +118,18 @@ struct Holder {
 
 impl Holder {
     fn start(pair: &mut Pair, target: &str, count: u32, seconds: u32, ready: bool) -> Holder {
+        Holder::start_every(pair, target, count, seconds, 50, ready)
+    }
+
+    /// As `start`, a message every `interval_ms` on each connection.
+    fn start_every(
+        pair: &mut Pair,
+        target: &str,
+        count: u32,
+        seconds: u32,
+        interval_ms: u32,
+        ready: bool,
+    ) -> Holder {
         let mut args = vec![
             "hold".to_string(),
             "--tcp".into(),
@@ -123,7 +139,7 @@ impl Holder {
             "--seconds".into(),
             seconds.to_string(),
             "--interval-ms".into(),
-            "50".into(),
+            interval_ms.to_string(),
             "--timeout-ms".into(),
             "4000".into(),
         ];
@@ -366,4 +382,49 @@ fn maglev_flows_too_new_to_sync_stay_on_their_real_server() {
     let conns = pair.cli(2, &["--json", "conn", "list"]);
     let text = String::from_utf8_lossy(&conns.stdout);
     assert!(!text.contains("synced from"), "nothing was synced: {text}");
+}
+
+#[test]
+fn idle_flows_taken_over_survive_the_old_owner_coming_back_empty() {
+    // No fail-back: the flows stay on director 2, which must keep its copies of director 1's
+    // idle flows when director 1 returns with an empty table and sends its (empty) snapshot.
+    let mut pair = Pair::new("sy4", false);
+    setup(&mut pair, &cluster_toml_with("wlc", "rr", false));
+    pair.wait_for(Duration::from_secs(15), "director 2 current", |p| {
+        peer(&sync_status(p, 1), 2)["current"] == Value::Bool(true)
+    });
+    // One message now, the next 10 s later: silent across the kill and the return.
+    let mut idle: Vec<Holder> = [TARGETS[0], TARGETS[3]]
+        .iter()
+        .map(|t| Holder::start_every(&mut pair, t, 40, 14, 10_000, true))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    pair.kill(1);
+    pair.wait_for(Duration::from_secs(10), "director 2 to take over", |p| {
+        p.state_here(2) == "master"
+    });
+    pair.start(1);
+    pair.wait_for(
+        Duration::from_secs(8),
+        "director 1's snapshot at director 2",
+        |p| {
+            let s = sync_status(p, 2);
+            s["sources"].as_array().is_some_and(|v| {
+                v.iter()
+                    .any(|x| x["node"].as_u64() == Some(1) && x["complete"] == Value::Bool(true))
+            })
+        },
+    );
+    assert_eq!(pair.state_here(2), "master", "no fail-back without preempt");
+    for (h, t) in idle.iter_mut().zip([TARGETS[0], TARGETS[3]]) {
+        let r = h.finish(&mut pair);
+        for c in r["conns"].as_array().unwrap() {
+            assert!(
+                c["error"].is_null(),
+                "idle flow to {t}: {c}\n{}",
+                pair.logs()
+            );
+            assert_eq!(c["ok"].as_u64(), Some(2), "idle flow to {t}: {c}");
+        }
+    }
 }
