@@ -308,6 +308,73 @@ struct LinkMemory {
     outstanding: VecDeque<(u64, Arc<Encoded>, BatchKind)>,
 }
 
+impl LinkMemory {
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Sends `b` as batch `seq` and keeps it until it is acknowledged.
+    async fn send(
+        &mut self,
+        tx: &mpsc::Sender<SyncFrame>,
+        seq: u64,
+        kind: BatchKind,
+        b: Arc<Encoded>,
+        begin: bool,
+        epoch: Instant,
+    ) -> Result<(), LinkError> {
+        tx.send(frame_of(seq, kind, &b, begin, epoch))
+            .await
+            .map_err(|_| LinkError::Closed)?;
+        self.outstanding.push_back((seq, b, kind));
+        Ok(())
+    }
+}
+
+/// The next new batch for `link`: live changes; while a snapshot runs, live batches and
+/// snapshot chunks take turns, so a long snapshot does not hold the live stream back. A peer
+/// that fell behind mid-stream starts its snapshot here, on the same connection. Returns the
+/// batch, its kind and whether it begins a snapshot.
+fn next_batch(
+    inner: &Inner,
+    link: &Link,
+    walk: &mut Option<Walk>,
+    chunk: &mut Vec<ConnEntry>,
+) -> Option<(Arc<Encoded>, BatchKind, bool)> {
+    if walk.is_none() && lock(&link.pending).need_snapshot {
+        *walk = Some(begin_snapshot(link));
+        lock(&link.status).state = LinkState::Resyncing;
+    }
+    let live_turn = walk.as_mut().is_none_or(|w| {
+        w.live_turn = !w.live_turn;
+        !w.live_turn
+    });
+    if live_turn {
+        let mut p = lock(&link.pending);
+        if let Some(b) = p.batches.pop_front() {
+            p.entries -= b.count as usize;
+            return Some((b, BatchKind::Live, false));
+        }
+    }
+    let w = walk.as_mut()?;
+    chunk.clear();
+    let done = inner
+        .source
+        .snapshot_chunk(&mut w.cursor, inner.timers.batch_entries, chunk);
+    let b = Arc::new(encode(chunk, inner.source.now(), Instant::now()));
+    let begin = !std::mem::replace(&mut w.begun, true);
+    lock(&link.status).snapshot_entries += u64::from(b.count);
+    let kind = if done {
+        *walk = None;
+        BatchKind::SnapshotEnd
+    } else {
+        BatchKind::Snapshot
+    };
+    Some((b, kind, begin))
+}
+
 async fn run_link(inner: Arc<Inner>, link: Arc<Link>) {
     let mut mem = LinkMemory {
         next_seq: 1,
@@ -352,6 +419,7 @@ fn frame_of(seq: u64, kind: BatchKind, b: &Encoded, begin: bool, epoch: Instant)
 }
 
 /// A snapshot being walked.
+#[derive(Debug)]
 struct Walk {
     cursor: SnapshotCursor,
     begun: bool,
@@ -470,84 +538,22 @@ async fn run_connection(
         if link.stop.load(Relaxed) || inner.stop.load(Relaxed) {
             return Ok(());
         }
-        // Send while the window has room.
+        // Send while the window has room: resends first (same sequence numbers: the receiver
+        // answers with the highest it applied, and applying twice is harmless), then new ones.
         while mem.outstanding.len() < t.window {
-            let next: Option<(Arc<Encoded>, BatchKind, bool, bool)> = if let Some((seq, b, kind)) =
-                resend.pop_front()
-            {
-                // Same sequence number as before: the receiver may have applied it already
-                // (it answers with the highest applied), applying twice is harmless.
-                tx.send(frame_of(seq, kind, &b, false, inner.epoch))
-                    .await
-                    .map_err(|_| LinkError::Closed)?;
+            let (seq, b, kind, begin) = if let Some((seq, b, kind)) = resend.pop_front() {
                 lock(&link.status).retransmitted += u64::from(b.count);
-                mem.outstanding.push_back((seq, b, kind));
-                last_sent = Instant::now();
-                continue;
+                (seq, b, kind, false)
             } else {
-                // A peer that fell behind mid-stream gets a snapshot on this connection.
-                if walk.is_none() && lock(&link.pending).need_snapshot {
-                    walk = Some(begin_snapshot(link));
-                    lock(&link.status).state = LinkState::Resyncing;
-                }
-                let live = {
-                    let take_live = walk.as_ref().is_none_or(|w| w.live_turn);
-                    if take_live {
-                        let mut p = lock(&link.pending);
-                        let b = p.batches.pop_front();
-                        if let Some(b) = &b {
-                            p.entries -= b.count as usize;
-                        }
-                        b
-                    } else {
-                        None
-                    }
+                let Some((b, kind, begin)) = next_batch(inner, link, &mut walk, &mut chunk) else {
+                    break;
                 };
-                if let Some(w) = walk.as_mut() {
-                    w.live_turn = !w.live_turn;
-                }
-                match live {
-                    Some(b) => Some((b, BatchKind::Live, false, false)),
-                    None => match walk.as_mut() {
-                        Some(w) => {
-                            chunk.clear();
-                            let done = inner.source.snapshot_chunk(
-                                &mut w.cursor,
-                                t.batch_entries,
-                                &mut chunk,
-                            );
-                            let b = Arc::new(encode(&chunk, inner.source.now(), Instant::now()));
-                            let begin = !w.begun;
-                            w.begun = true;
-                            lock(&link.status).snapshot_entries += u64::from(b.count);
-                            if done {
-                                walk = None;
-                            }
-                            let kind = if done {
-                                BatchKind::SnapshotEnd
-                            } else {
-                                BatchKind::Snapshot
-                            };
-                            Some((b, kind, begin, done))
-                        }
-                        None => None,
-                    },
-                }
-            };
-            let Some((b, kind, begin, _done)) = next else {
-                break;
-            };
-            let seq = mem.next_seq;
-            mem.next_seq += 1;
-            tx.send(frame_of(seq, kind, &b, begin, inner.epoch))
-                .await
-                .map_err(|_| LinkError::Closed)?;
-            {
                 let mut s = lock(&link.status);
                 s.sent += u64::from(b.count);
                 s.wire_bytes += b.bytes.len() as u64;
-            }
-            mem.outstanding.push_back((seq, b, kind));
+                (mem.take_seq(), b, kind, begin)
+            };
+            mem.send(&tx, seq, kind, b, begin, inner.epoch).await?;
             last_sent = Instant::now();
         }
         tokio::select! {
@@ -592,12 +598,8 @@ async fn run_connection(
             _ = heartbeat.tick() => {
                 if last_sent.elapsed() >= t.heartbeat && mem.outstanding.len() < t.window {
                     let b = Arc::new(Encoded { count: 0, bytes: Vec::new(), taken: Instant::now() });
-                    let seq = mem.next_seq;
-                    mem.next_seq += 1;
-                    tx.send(frame_of(seq, BatchKind::Heartbeat, &b, false, inner.epoch))
-                        .await
-                        .map_err(|_| LinkError::Closed)?;
-                    mem.outstanding.push_back((seq, b, BatchKind::Heartbeat));
+                    let seq = mem.take_seq();
+                    mem.send(&tx, seq, BatchKind::Heartbeat, b, false, inner.epoch).await?;
                     last_sent = Instant::now();
                 }
                 let now = Instant::now();
