@@ -93,6 +93,13 @@ struct Shared {
     sync_dropped: AtomicU64,
 }
 
+impl Shared {
+    /// The service snapshot in force now.
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snap.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// Per-block change vector of a packet thread; its queue holds up to this many too.
 const SYNC_BLOCK_CAP: usize = 16_384;
 const SYNC_QUEUE_CAP: usize = 262_144;
@@ -397,11 +404,7 @@ impl Engine {
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        self.shared
-            .snap
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.snapshot()
     }
 
     /// Entries for `conn list`, at most `limit`; and how many the table holds.
@@ -527,7 +530,6 @@ fn counts(c: &services::Counters) -> [u64; 5] {
     ]
 }
 
-/// A removed entry no longer counts on its real server (or template).
 /// What the sync stream reads from (changes, snapshots) and writes to (replicated entries).
 struct SyncSide(Arc<Shared>);
 
@@ -549,12 +551,7 @@ impl fulcrum_sync::stream::Source for SyncSide {
         max: usize,
         out: &mut Vec<ConnEntry>,
     ) -> bool {
-        let snap = self
-            .0
-            .snap
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let snap = self.0.snapshot();
         let start = out.len();
         let done = self.0.table.snapshot_chunk(cursor, max, out);
         let mut keep = start;
@@ -576,12 +573,7 @@ impl fulcrum_sync::stream::Replica for SyncSide {
     }
 
     fn install(&self, from: u64, entries: &mut [ConnEntry]) -> u64 {
-        let snap = self
-            .0
-            .snap
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let snap = self.0.snapshot();
         let slot = fulcrum_sync::stream::origin_slot(from);
         let mut rejected = 0;
         for e in entries.iter_mut() {
@@ -610,12 +602,7 @@ impl fulcrum_sync::stream::Replica for SyncSide {
     }
 
     fn sweep(&self, from: u64, older_than: u32) -> u64 {
-        let snap = self
-            .0
-            .snap
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let snap = self.0.snapshot();
         let slot = fulcrum_sync::stream::origin_slot(from);
         let now = self.0.clock.now();
         let mut gone = Vec::new();
@@ -636,25 +623,20 @@ impl fulcrum_sync::stream::Replica for SyncSide {
     }
 }
 
-/// Counts a replicated entry in its real server's counters, as IPVS does on a backup.
+/// Counts a replicated entry on its real server, as IPVS does on a backup.
 fn bind(snap: &Snapshot, e: &ConnEntry) {
-    let addr = e.dest();
-    if let Some(d) = snap.by_id(e.service()).and_then(|s| s.real(&addr)) {
+    if let Some(d) = forward::dest_of(snap, e) {
         if e.is_template() {
-            d.dest.template_bound();
+            d.template_bound();
         } else {
-            d.dest.conn_bound(e.is_active());
+            d.conn_bound(e.is_active());
         }
     }
 }
 
+/// A removed entry no longer counts on its real server (or template).
 fn unbind(snap: &Snapshot, e: &ConnEntry) {
-    let addr = e.dest();
-    let dest = snap
-        .by_id(e.service())
-        .and_then(|s| s.real(&addr).map(|r| r.dest.clone()))
-        .or_else(|| snap.retired(e.service(), &addr).cloned());
-    if let Some(d) = dest {
+    if let Some(d) = forward::dest_of(snap, e) {
         if e.is_template() {
             d.template_unbound();
         } else {
@@ -709,7 +691,7 @@ fn worker(sh: Arc<Shared>, index: usize, mut rx: PacketSocket, tx: TxSocket) {
     };
     // `Engine::apply` replaces this socket's filter itself; the thread only follows snapshots.
     let mut seen_gen = 0u64;
-    let mut snap = sh.snap.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut snap = sh.snapshot();
     let Some(queue) = sh.sync_queues.get(index) else {
         return;
     };
@@ -730,7 +712,7 @@ fn worker(sh: Arc<Shared>, index: usize, mut rx: PacketSocket, tx: TxSocket) {
         let g = sh.generation.load(SeqCst);
         if g != seen_gen {
             seen_gen = g;
-            snap = sh.snap.read().unwrap_or_else(|e| e.into_inner()).clone();
+            snap = sh.snapshot();
         }
         sync.seen.store(seen_gen, SeqCst);
         let ctx = Ctx {
@@ -785,7 +767,7 @@ fn housekeeping(sh: Arc<Shared>, tx: TxSocket) {
     while !sh.stop.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         let now = Instant::now();
-        let snap = sh.snap.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let snap = sh.snapshot();
         // Ask for real servers' MAC addresses that are missing or due a refresh.
         for ip in sh.neigh.due(now) {
             let sent = match ip {

@@ -308,7 +308,10 @@ fn inbound(frame: &mut [u8], scratch: &mut [u8], pkt: &Packet, ip: &Ip, ctx: &Ct
 }
 
 /// The real server a flow is bound to, also after it left the config (IPVS's trash).
-fn dest_of<'s>(snap: &'s Snapshot, entry: &ConnEntry) -> Option<&'s std::sync::Arc<Dest>> {
+pub(super) fn dest_of<'s>(
+    snap: &'s Snapshot,
+    entry: &ConnEntry,
+) -> Option<&'s std::sync::Arc<Dest>> {
     let addr = entry.dest();
     snap.by_id(entry.service())
         .and_then(|s| s.real(&addr))
@@ -401,7 +404,7 @@ fn new_flow(
             real.dest.template_bound();
             emit(ctx, &t);
         }
-    } else if let (Some(tk), true) = (template_key, from_template)
+    } else if let (Some(tk), true, true) = (template_key, from_template, ctx.sync_on)
         && let Some(t) = ctx.table.lookup_template(&tk)
     {
         // The new flow pushed the template's deadline out: the backups follow.
