@@ -9,6 +9,7 @@ use openraft::ServerState;
 
 use crate::cluster::Cluster;
 use crate::dataplane::engine::Engine;
+use crate::metrics::MetricsWriter;
 use crate::model::Role;
 
 /// A director's sync endpoints. Cheap to clone.
@@ -101,133 +102,126 @@ impl Replication {
     }
 
     /// Writes the sync families (Prometheus) for `/metrics`.
-    pub fn write_metrics(&self, w: &mut crate::metrics::MetricsWriter) {
+    pub fn write_metrics(&self, w: &mut MetricsWriter) {
         for p in self.peers() {
             let id = p.node.to_string();
             let l = [("peer", id.as_str())];
-            let c = |w: &mut crate::metrics::MetricsWriter, name: &str, help: &str, v: u64| {
-                w.counter(name, help, &l, v)
-            };
-            c(
-                w,
-                "fulcrum_sync_sent_entries_total",
-                "Entries sent to the peer (first transmissions, live and snapshot).",
-                p.sent,
-            );
-            c(
-                w,
-                "fulcrum_sync_acked_entries_total",
-                "Entries the peer acknowledged.",
-                p.acked,
-            );
-            c(
-                w,
-                "fulcrum_sync_retransmitted_entries_total",
-                "Entries resent after a reconnect.",
-                p.retransmitted,
-            );
-            c(
-                w,
-                "fulcrum_sync_dropped_entries_total",
-                "Entries dropped for the peer because it fell behind (it was resynced).",
-                p.dropped,
-            );
-            c(
-                w,
-                "fulcrum_sync_rejected_entries_total",
-                "Entries the peer could not install.",
-                p.rejected,
-            );
-            c(
-                w,
-                "fulcrum_sync_resyncs_total",
-                "Full snapshots sent to the peer.",
-                p.resyncs,
-            );
-            c(
-                w,
-                "fulcrum_sync_snapshot_entries_total",
-                "Entries sent in snapshots.",
-                p.snapshot_entries,
-            );
-            c(
-                w,
-                "fulcrum_sync_sent_bytes_total",
-                "Record bytes sent to the peer.",
-                p.wire_bytes,
-            );
-            c(
-                w,
-                "fulcrum_sync_connects_total",
-                "Streams opened to the peer.",
-                p.connects,
-            );
-            w.gauge(
-                "fulcrum_sync_peer_current",
-                "1 when the peer is connected, complete and acknowledging in time.",
-                &l,
-                u64::from(p.current),
-            );
-            w.gauge(
-                "fulcrum_sync_peer_behind",
-                "1 when changes were dropped for the peer and a resync is due or under way.",
-                &l,
-                u64::from(p.behind),
-            );
-            w.gauge(
-                "fulcrum_sync_lag_entries",
-                "Changes queued or in flight to the peer, not yet acknowledged.",
-                &l,
-                p.lag_entries,
-            );
-            w.gauge(
-                "fulcrum_sync_lag_seconds",
-                "Age of the oldest unacknowledged change.",
-                &l,
-                p.lag_ms as f64 / 1000.0,
-            );
-            w.gauge(
-                "fulcrum_sync_lag_p99_seconds",
-                "p99 of change-to-acknowledgement time over recent batches.",
-                &l,
-                p.lag_p99_us as f64 / 1e6,
-            );
+            let counters = [
+                (
+                    "fulcrum_sync_sent_entries_total",
+                    "Entries sent to the peer (first transmissions, live and snapshot).",
+                    p.sent,
+                ),
+                (
+                    "fulcrum_sync_acked_entries_total",
+                    "Entries the peer acknowledged.",
+                    p.acked,
+                ),
+                (
+                    "fulcrum_sync_retransmitted_entries_total",
+                    "Entries resent after a reconnect.",
+                    p.retransmitted,
+                ),
+                (
+                    "fulcrum_sync_dropped_entries_total",
+                    "Entries dropped for the peer because it fell behind (it was resynced).",
+                    p.dropped,
+                ),
+                (
+                    "fulcrum_sync_rejected_entries_total",
+                    "Entries the peer could not install.",
+                    p.rejected,
+                ),
+                (
+                    "fulcrum_sync_resyncs_total",
+                    "Full snapshots sent to the peer.",
+                    p.resyncs,
+                ),
+                (
+                    "fulcrum_sync_snapshot_entries_total",
+                    "Entries sent in snapshots.",
+                    p.snapshot_entries,
+                ),
+                (
+                    "fulcrum_sync_sent_bytes_total",
+                    "Record bytes sent to the peer.",
+                    p.wire_bytes,
+                ),
+                (
+                    "fulcrum_sync_connects_total",
+                    "Streams opened to the peer.",
+                    p.connects,
+                ),
+            ];
+            for (name, help, v) in counters {
+                w.counter(name, help, &l, v);
+            }
+            let mut gauges = vec![
+                (
+                    "fulcrum_sync_peer_current",
+                    "1 when the peer is connected, complete and acknowledging in time.",
+                    f64::from(u8::from(p.current)),
+                ),
+                (
+                    "fulcrum_sync_peer_behind",
+                    "1 when changes were dropped for the peer and a resync is due or under way.",
+                    f64::from(u8::from(p.behind)),
+                ),
+                (
+                    "fulcrum_sync_lag_entries",
+                    "Changes queued or in flight to the peer, not yet acknowledged.",
+                    p.lag_entries as f64,
+                ),
+                (
+                    "fulcrum_sync_lag_seconds",
+                    "Age of the oldest unacknowledged change.",
+                    p.lag_ms as f64 / 1e3,
+                ),
+                (
+                    "fulcrum_sync_lag_p99_seconds",
+                    "p99 of change-to-acknowledgement time over recent batches.",
+                    p.lag_p99_us as f64 / 1e6,
+                ),
+            ];
             if let Some(ms) = p.last_ack_ms {
-                w.gauge(
+                gauges.push((
                     "fulcrum_sync_last_ack_age_seconds",
                     "Time since the peer last acknowledged.",
-                    &l,
-                    ms as f64 / 1000.0,
-                );
+                    ms as f64 / 1e3,
+                ));
+            }
+            for (name, help, v) in gauges {
+                w.gauge(name, help, &l, v);
             }
         }
         for s in self.sources() {
             let id = s.node.to_string();
             let l = [("peer", id.as_str())];
-            w.counter(
-                "fulcrum_sync_received_entries_total",
-                "Entries received from the peer.",
-                &l,
-                s.entries,
-            );
-            w.counter(
-                "fulcrum_sync_received_rejected_entries_total",
-                "Entries from the peer that could not be installed.",
-                &l,
-                s.rejected,
-            );
-            w.counter(
-                "fulcrum_sync_received_snapshots_total",
-                "Complete snapshots received from the peer.",
-                &l,
-                s.snapshots,
-            );
-            w.counter(
-                "fulcrum_sync_received_swept_entries_total",
-                "Replicated entries removed after a snapshot from the peer no longer had them.",
-                &l,
-                s.swept,
-            );
+            let counters = [
+                (
+                    "fulcrum_sync_received_entries_total",
+                    "Entries received from the peer.",
+                    s.entries,
+                ),
+                (
+                    "fulcrum_sync_received_rejected_entries_total",
+                    "Entries from the peer that could not be installed.",
+                    s.rejected,
+                ),
+                (
+                    "fulcrum_sync_received_snapshots_total",
+                    "Complete snapshots received from the peer.",
+                    s.snapshots,
+                ),
+                (
+                    "fulcrum_sync_received_swept_entries_total",
+                    "Replicated entries removed after a snapshot from the peer no longer had them.",
+                    s.swept,
+                ),
+            ];
+            for (name, help, v) in counters {
+                w.counter(name, help, &l, v);
+            }
             w.gauge(
                 "fulcrum_sync_source_connected",
                 "1 while the peer streams to this node.",
