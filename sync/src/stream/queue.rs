@@ -77,6 +77,15 @@ impl ChangeQueue {
         q.clear();
     }
 
+    /// Changes waiting for the consumer.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Changes dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Relaxed)

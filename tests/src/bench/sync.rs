@@ -72,7 +72,6 @@ use fulcrum_sync::conn::Family;
 use fulcrum_sync::conn::FwdMethod;
 use fulcrum_sync::conn::PersistKind;
 use fulcrum_sync::conn::Persistence;
-use fulcrum_sync::conn::SnapshotCursor;
 use fulcrum_sync::conn::TableConfig;
 use fulcrum_sync::conn::TcpState;
 use fulcrum_sync::conn::TemplateTarget;
@@ -85,9 +84,9 @@ use fulcrum_sync::stream::PeerStatus;
 use fulcrum_sync::stream::Receiver;
 use fulcrum_sync::stream::Replica;
 use fulcrum_sync::stream::Sender;
-use fulcrum_sync::stream::Source;
 use fulcrum_sync::stream::SyncTimers;
 use fulcrum_sync::stream::TableReplica;
+use fulcrum_sync::stream::TableSource;
 use fulcrum_sync::stream::origin_slot;
 use fulcrum_sync::stream::record;
 use serde_json::Value;
@@ -583,42 +582,11 @@ fn u(v: &Value, path: &[&str]) -> u64 {
 // The sending side
 // ---------------------------------------------------------------------------------------------
 
-/// `TableSource` plus a count of what the drain loop took, so the generator can respect the
-/// queue's capacity (the queue itself only counts what it drops).
-struct BenchSource {
-    table: Arc<ConnTable>,
-    clock: CoarseClock,
-    queue: ChangeQueue,
-    drained: AtomicU64,
-}
-
-impl Source for BenchSource {
-    fn drain(&self, out: &mut Vec<ConnEntry>) {
-        let before = out.len();
-        self.queue.drain_into(out);
-        self.drained.fetch_add((out.len() - before) as u64, Relaxed);
-    }
-
-    fn now(&self) -> u32 {
-        self.clock.now()
-    }
-
-    fn snapshot_chunk(
-        &self,
-        cursor: &mut SnapshotCursor,
-        max: usize,
-        out: &mut Vec<ConnEntry>,
-    ) -> bool {
-        self.table.snapshot_chunk(cursor, max, out)
-    }
-}
-
-fn source(table: Arc<ConnTable>, clock: CoarseClock) -> Arc<BenchSource> {
-    let s = Arc::new(BenchSource {
+fn source(table: Arc<ConnTable>, clock: CoarseClock) -> Arc<TableSource> {
+    let s = Arc::new(TableSource {
         table,
         clock,
         queue: ChangeQueue::new(QUEUE_CAP),
-        drained: AtomicU64::new(0),
     });
     s.queue.set_enabled(true);
     s
@@ -650,7 +618,7 @@ fn wait_status(
 
 struct Link {
     rx: ReceiverProc,
-    src: Arc<BenchSource>,
+    src: Arc<TableSource>,
     sender: Sender,
 }
 
@@ -758,7 +726,7 @@ fn throughput_run(
     let (cpu_tx0, cpu_rx0) = (sched_ns(me), sched_ns(link.rx.pid()));
     let t0 = mono_ns();
     while pushed < n {
-        let queued = pushed - link.src.drained.load(Relaxed);
+        let queued = link.src.queue.len() as u64;
         let room_q = (QUEUE_CAP as u64).saturating_sub(queued);
         let mut room_l = (acked + bound).saturating_sub(pushed);
         if room_l < BLOCK as u64 && asked.elapsed() >= Duration::from_millis(1) {
