@@ -166,9 +166,9 @@ pub fn decode(buf: &[u8], backup_syncid: u8) -> Result<DecodedMessage, MessageEr
     match buf.first_chunk::<V1_HEADER_LEN>() {
         Some(h) if h[0] == 0 && h[5] == SYNC_PROTO_VER && h[6] == 0 && h[7] == 0 => {
             out.version = WireVersion::V1;
-            decode_v1(buf, h[4], &mut out);
+            walk_records(buf, V1_HEADER_LEN, h[4], v1_record, &mut out);
         }
-        _ => decode_v0(buf, head[0], &mut out),
+        _ => walk_records(buf, V0_HEADER_LEN, head[0], v0_record, &mut out),
     }
     Ok(out)
 }
@@ -176,10 +176,18 @@ pub fn decode(buf: &[u8], backup_syncid: u8) -> Result<DecodedMessage, MessageEr
 /// What one record walk step produced: the record's verdict, and how far to move on.
 type Step = Result<(Result<SyncConn, EntryError>, usize), StructuralErrorKind>;
 
-fn decode_v1(buf: &[u8], nr_conns: u8, out: &mut DecodedMessage) {
-    let mut offset = V1_HEADER_LEN;
+/// Walks `nr_conns` records after a header of `header_len` bytes: each record's verdict goes
+/// to `out`; a structural error ends the walk (the kernel drops the rest of the buffer).
+fn walk_records(
+    buf: &[u8],
+    header_len: usize,
+    nr_conns: u8,
+    record: fn(&[u8]) -> Step,
+    out: &mut DecodedMessage,
+) {
+    let mut offset = header_len;
     for index in 0..usize::from(nr_conns) {
-        match v1_record(buf.get(offset..).unwrap_or_default()) {
+        match record(buf.get(offset..).unwrap_or_default()) {
             Ok((verdict, advance)) => {
                 out.push(index, offset, verdict);
                 offset += advance;
@@ -323,22 +331,6 @@ fn parse_options(mut rest: &[u8]) -> Result<Result<Options<'_>, EntryError>, Str
         rest = rest.get(2 + len..).unwrap_or_default();
     }
     Ok(Ok(o))
-}
-
-fn decode_v0(buf: &[u8], nr_conns: u8, out: &mut DecodedMessage) {
-    let mut offset = V0_HEADER_LEN;
-    for index in 0..usize::from(nr_conns) {
-        match v0_record(buf.get(offset..).unwrap_or_default()) {
-            Ok((verdict, advance)) => {
-                out.push(index, offset, verdict);
-                offset += advance;
-            }
-            Err(kind) => {
-                out.abort(index, offset, kind);
-                return;
-            }
-        }
-    }
 }
 
 /// One v0 record: IPv4 only, 16-bit flags, no fwmark or timeout, and a 24-byte sequence
