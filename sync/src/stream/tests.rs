@@ -146,6 +146,8 @@ async fn snapshot_first_then_live_changes_ipv4_and_ipv6() {
     assert_eq!(got.origin(), 1, "synced from node 1");
     assert_eq!(got.dest(), entry(7001).dest());
     assert!(got.remaining(rep.clock.now()) > 890);
+    // The receiver installs a batch before its acknowledgement reaches the sender.
+    wait_for("acknowledgements", || tx.status()[0].acked >= 8000).await;
     let st = &tx.status()[0];
     assert_eq!(st.resyncs, 1);
     assert_eq!(st.snapshot_entries, 5000);
